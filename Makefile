@@ -1,0 +1,42 @@
+# Every target that needs tools depends on `bootstrap`, which installs them (apt packages,
+# the virtualenv, the Kafka jars, the Kubernetes build) and is quick once they exist.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help bootstrap lint format test test-unit demo dev-env clean
+
+help:
+	@echo "make test      install what is missing, lint, run every test against real servers"
+	@echo "make demo      install what is missing, start the local environment and show it"
+	@echo "make dev-env   start the local environment and keep it up for hand use (Ctrl-C ends it)"
+	@echo "make lint      ruff (format and lint), mypy strict, import-linter"
+	@echo "make format    rewrite the code in the house format"
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+lint: bootstrap
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: bootstrap
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: bootstrap
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+demo: bootstrap
+	$(BIN)/python -m jobqueue.devenv demo
+
+dev-env: bootstrap
+	$(BIN)/python -m jobqueue.devenv up
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""``jqctl``: the command line for jobs, queues, workers and the system."""
