@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap lint format test test-unit demo dev-env clean
+.PHONY: help bootstrap lint format proto test test-unit demo dev-env clean
 
 help:
 	@echo "make test      install what is missing, lint, run every test against real servers"
@@ -12,6 +12,7 @@ help:
 	@echo "make dev-env   start the local environment and keep it up for hand use (Ctrl-C ends it)"
 	@echo "make lint      ruff (format and lint), mypy strict, import-linter"
 	@echo "make format    rewrite the code in the house format"
+	@echo "make proto     regenerate jobqueue/api/v1 from proto/"
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -25,6 +26,9 @@ lint: bootstrap
 format: bootstrap
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+proto: bootstrap
+	$(BIN)/python scripts/generate_proto.py
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)

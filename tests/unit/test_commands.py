@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from jobqueue import __version__
@@ -21,9 +23,9 @@ def test_jqctl_refuses_an_unknown_command_with_exit_code_2() -> None:
 
 @pytest.mark.parametrize("entry_point", [operator_main, worker_main])
 def test_process_commands_print_their_help(
-    entry_point: object, capsys: pytest.CaptureFixture[str]
+    entry_point: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exited:
-        entry_point(["--help"])  # type: ignore[operator]
+        entry_point(["--help"])
     assert exited.value.code == 0
     assert "usage:" in capsys.readouterr().out
