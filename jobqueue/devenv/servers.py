@@ -280,7 +280,7 @@ class KafkaBroker:
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
         try:
             metadata = admin.list_topics(timeout=2)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure here means "not ready yet"
             return False
         return bool(metadata.brokers)
 
