@@ -42,3 +42,27 @@ class ConfigError(InvalidInputError):
 
 class PrerequisiteMissingError(PermanentError):
     """Something this machine must provide (a program, a package) is not there."""
+
+
+class NotFoundError(PermanentError):
+    """The job, queue or worker named does not exist."""
+
+
+class ConflictError(PermanentError):
+    """The request does not fit the current state (retrying a job that succeeded)."""
+
+
+class LimitExceededError(InvalidInputError):
+    """A payload, batch or output is over its size limit."""
+
+
+class UnavailableError(TemporaryError):
+    """A server or dependency cannot be reached right now."""
+
+
+class UnauthenticatedError(PermanentError):
+    """The caller did not prove who it is (no token, a bad or expired one)."""
+
+
+class PermissionDeniedError(PermanentError):
+    """The caller is known but not allowed to do this."""
