@@ -55,9 +55,14 @@ def namespace(kube_api_client: kube_client.ApiClient) -> Iterator[str]:
 
 
 def _prepare_template(admin_dsn: str) -> None:
-    """Create the template every test database is cloned from."""
+    """Create the template every test database is cloned from, with every migration applied."""
+    from psycopg.conninfo import make_conninfo
+
+    from jobqueue.store.migrations import apply_migrations
+
     with psycopg.connect(admin_dsn, autocommit=True) as connection:
         connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DATABASE)))
+    apply_migrations(make_conninfo(admin_dsn, dbname=TEMPLATE_DATABASE))
 
 
 @pytest.fixture(scope="session")

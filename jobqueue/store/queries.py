@@ -1,0 +1,407 @@
+"""The store's SQL: named, parameterised queries, each with a line on what it does.
+
+Batches travel as arrays (``unnest``), so a batch of a thousand is one statement, not a
+thousand. Array parameters are sent in binary (``%(name)b``): the text format escapes
+every element with a regular expression, which cost more than the query itself.
+
+Every timestamp is a parameter (``%(now)s``) from the store's clock. Statements that lock
+several job rows to change them lock in id order, so two of them can never wait on each
+other in a cycle; claims, promotion, recovery and purging skip locked rows instead of
+waiting.
+"""
+
+from __future__ import annotations
+
+from typing import LiteralString
+
+# Queues -------------------------------------------------------------------------------
+
+# Insert or update a queue's policy, unless another namespace owns the name.
+UPSERT_QUEUE: LiteralString = """
+INSERT INTO queues (
+  name, namespace, max_attempts, backoff_initial_s, backoff_multiplier, backoff_max_s,
+  backoff_jitter, timeout_s, paused, concurrency_limit, rate_limit_per_s, rate_limit_burst,
+  retention_succeeded_s, retention_failed_s, allowed_kinds, payload_limit_bytes,
+  created_at, updated_at
+) VALUES (
+  %(name)s, %(namespace)s, %(max_attempts)s, %(backoff_initial_s)s, %(backoff_multiplier)s,
+  %(backoff_max_s)s, %(backoff_jitter)s, %(timeout_s)s, %(paused)s, %(concurrency_limit)s,
+  %(rate_limit_per_s)s, %(rate_limit_burst)s, %(retention_succeeded_s)s,
+  %(retention_failed_s)s, %(allowed_kinds)b::text[], %(payload_limit_bytes)s, %(now)s, %(now)s
+)
+ON CONFLICT (name) DO UPDATE SET
+  max_attempts = EXCLUDED.max_attempts,
+  backoff_initial_s = EXCLUDED.backoff_initial_s,
+  backoff_multiplier = EXCLUDED.backoff_multiplier,
+  backoff_max_s = EXCLUDED.backoff_max_s,
+  backoff_jitter = EXCLUDED.backoff_jitter,
+  timeout_s = EXCLUDED.timeout_s,
+  paused = EXCLUDED.paused,
+  concurrency_limit = EXCLUDED.concurrency_limit,
+  rate_limit_per_s = EXCLUDED.rate_limit_per_s,
+  rate_limit_burst = EXCLUDED.rate_limit_burst,
+  retention_succeeded_s = EXCLUDED.retention_succeeded_s,
+  retention_failed_s = EXCLUDED.retention_failed_s,
+  allowed_kinds = EXCLUDED.allowed_kinds,
+  payload_limit_bytes = EXCLUDED.payload_limit_bytes,
+  updated_at = EXCLUDED.updated_at
+WHERE queues.namespace = EXCLUDED.namespace
+RETURNING name
+"""
+
+# The namespace that owns a queue name.
+SELECT_QUEUE_NAMESPACE: LiteralString = "SELECT namespace FROM queues WHERE name = %(name)s"
+
+# One queue's policy.
+SELECT_QUEUE: LiteralString = "SELECT * FROM queues WHERE name = %(name)s"
+
+# Every queue's policy, by name.
+SELECT_QUEUES: LiteralString = "SELECT * FROM queues ORDER BY name"
+
+# The names of every queue.
+SELECT_QUEUE_NAMES: LiteralString = "SELECT name FROM queues ORDER BY name"
+
+# Which of the given names are queues.
+SELECT_QUEUE_NAMES_AMONG: LiteralString = """
+SELECT name FROM queues WHERE name = ANY(%(names)b::text[]) ORDER BY name
+"""
+
+# The named queues' policies, held (FOR KEY SHARE) so they cannot be deleted under a submit.
+SELECT_QUEUES_FOR_SUBMIT: LiteralString = """
+SELECT * FROM queues WHERE name = ANY(%(names)b::text[]) FOR KEY SHARE
+"""
+
+# Pause or resume a queue.
+SET_QUEUE_PAUSED: LiteralString = """
+UPDATE queues SET paused = %(paused)s, updated_at = %(now)s WHERE name = %(name)s RETURNING *
+"""
+
+# How many unfinished jobs a queue has; no row for an unknown queue.
+COUNT_UNFINISHED: LiteralString = """
+SELECT (
+  SELECT count(*) FROM jobs
+  WHERE jobs.queue = queues.name AND state IN ('pending', 'assigned', 'running', 'failed')
+) AS unfinished
+FROM queues WHERE name = %(name)s
+"""
+
+# Lock a queue row against submits (which hold FOR KEY SHARE) before deleting it.
+LOCK_QUEUE_FOR_DELETE: LiteralString = """
+SELECT name FROM queues WHERE name = %(name)s FOR UPDATE
+"""
+
+# Delete a queue's finished jobs' published events; unpublished ones wait for the relay.
+DELETE_QUEUE_PUBLISHED_EVENTS: LiteralString = """
+DELETE FROM job_events WHERE queue = %(name)s AND published_at IS NOT NULL
+"""
+
+# Delete every job of a queue.
+DELETE_QUEUE_JOBS: LiteralString = "DELETE FROM jobs WHERE queue = %(name)s"
+
+# Delete a queue row.
+DELETE_QUEUE: LiteralString = "DELETE FROM queues WHERE name = %(name)s"
+
+# Jobs -----------------------------------------------------------------------------------
+
+# Insert validated jobs (skipping any whose idempotency key is taken) and their
+# submitted events; returns the jobs inserted.
+INSERT_JOBS: LiteralString = """
+WITH input AS (
+  SELECT * FROM unnest(
+    %(ids)b::uuid[], %(queues)b::text[], %(kinds)b::text[], %(payloads)b::text[],
+    %(priorities)b::int[], %(max_attempts)b::int[], %(timeouts_s)b::float8[],
+    %(idempotency_keys)b::text[], %(labels)b::text[], %(run_afters)b::timestamptz[]
+  ) AS i(id, queue, kind, payload, priority, max_attempts, timeout_s, idempotency_key,
+         labels, run_after)
+),
+inserted AS (
+  INSERT INTO jobs (
+    id, queue, kind, payload, priority, state, attempt, max_attempts, timeout_s,
+    idempotency_key, labels, run_after, created_at, updated_at
+  )
+  SELECT id, queue, kind, payload::jsonb, priority, 'pending', 0, max_attempts, timeout_s,
+         idempotency_key, labels::jsonb, run_after, %(now)s, %(now)s
+  FROM input
+  ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+  RETURNING *
+),
+submitted AS (
+  INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at)
+  SELECT id, queue, 'submitted', 0, %(now)s FROM inserted
+)
+SELECT * FROM inserted
+"""
+
+# The jobs holding the given (queue, idempotency key) pairs.
+SELECT_JOBS_BY_IDEMPOTENCY_KEY: LiteralString = """
+SELECT jobs.* FROM jobs
+JOIN unnest(%(queues)b::text[], %(keys)b::text[]) AS k(queue, idempotency_key)
+  ON jobs.queue = k.queue AND jobs.idempotency_key = k.idempotency_key
+"""
+
+# One job.
+SELECT_JOB: LiteralString = "SELECT * FROM jobs WHERE id = %(id)s"
+
+# Whether a job exists.
+JOB_EXISTS: LiteralString = "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = %(id)s) AS found"
+
+# A page of jobs, newest first; the WHERE clause is assembled from the filters below.
+LIST_JOBS_HEAD: LiteralString = "SELECT * FROM jobs"
+LIST_JOBS_BY_QUEUE: LiteralString = "queue = %(queue)s"
+LIST_JOBS_BY_STATES: LiteralString = "state = ANY(%(states)b::text[])"
+LIST_JOBS_BY_LABELS: LiteralString = "labels @> %(labels)s::jsonb"
+LIST_JOBS_AFTER: LiteralString = "(created_at, id) < (%(after_created_at)s, %(after_id)s::uuid)"
+LIST_JOBS_TAIL: LiteralString = " ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
+
+# A job's events, oldest first.
+SELECT_EVENTS: LiteralString = "SELECT * FROM job_events WHERE job_id = %(id)s ORDER BY id"
+
+# State changes ----------------------------------------------------------------------------
+
+# The columns that lock queries return besides the job's own: its queue's backoff.
+_WITH_BACKOFF: LiteralString = """
+SELECT jobs.*, queues.backoff_initial_s, queues.backoff_multiplier, queues.backoff_max_s,
+       queues.backoff_jitter
+FROM jobs JOIN queues ON queues.name = jobs.queue
+"""
+
+# Lock the given jobs (in id order) for a report, cancel or retry.
+LOCK_JOBS: LiteralString = (
+    _WITH_BACKOFF
+    + """
+WHERE jobs.id = ANY(%(ids)b::uuid[]) ORDER BY jobs.id FOR UPDATE OF jobs
+"""
+)
+
+# Lock up to %(limit)s unfinished jobs of a queue (in id order) to cancel them.
+LOCK_UNFINISHED_OF_QUEUE: LiteralString = (
+    _WITH_BACKOFF
+    + """
+WHERE jobs.queue = %(queue)s AND jobs.state IN ('pending', 'assigned', 'running', 'failed')
+ORDER BY jobs.id LIMIT %(limit)s FOR UPDATE OF jobs
+"""
+)
+
+# Lock up to %(limit)s attempts whose lease has expired, oldest lease first.
+LOCK_EXPIRED_LEASES: LiteralString = (
+    _WITH_BACKOFF
+    + """
+WHERE jobs.state IN ('assigned', 'running') AND jobs.lease_expires_at < %(now)s
+ORDER BY jobs.lease_expires_at LIMIT %(limit)s FOR UPDATE OF jobs SKIP LOCKED
+"""
+)
+
+# Lock up to %(limit)s running attempts past their timeout plus a grace period.
+LOCK_TIMED_OUT: LiteralString = (
+    _WITH_BACKOFF
+    + """
+WHERE jobs.state = 'running'
+  AND jobs.started_at + make_interval(secs => jobs.timeout_s + %(grace_s)s) < %(now)s
+ORDER BY jobs.started_at LIMIT %(limit)s FOR UPDATE OF jobs SKIP LOCKED
+"""
+)
+
+# Lock every attempt a worker holds (in id order).
+LOCK_WORKER_ATTEMPTS: LiteralString = (
+    _WITH_BACKOFF
+    + """
+WHERE jobs.worker_id = %(worker_id)s AND jobs.state IN ('assigned', 'running')
+ORDER BY jobs.id FOR UPDATE OF jobs
+"""
+)
+
+# Write the new state of locked jobs and record their events, in order, in one statement.
+APPLY_CHANGES: LiteralString = """
+WITH changed AS (
+  UPDATE jobs SET
+    state = c.state, attempt = c.attempt, max_attempts = c.max_attempts,
+    run_after = c.run_after, updated_at = c.updated_at, assigned_at = c.assigned_at,
+    started_at = c.started_at, finished_at = c.finished_at, worker_id = c.worker_id,
+    lease_expires_at = c.lease_expires_at, last_error = c.last_error, output = c.output,
+    output_truncated = c.output_truncated, exit_code = c.exit_code
+  FROM unnest(
+    %(ids)b::uuid[], %(states)b::text[], %(attempts)b::int[], %(max_attempts)b::int[],
+    %(run_afters)b::timestamptz[], %(updated_ats)b::timestamptz[],
+    %(assigned_ats)b::timestamptz[], %(started_ats)b::timestamptz[],
+    %(finished_ats)b::timestamptz[], %(worker_ids)b::text[],
+    %(lease_expires_ats)b::timestamptz[], %(last_errors)b::text[], %(outputs)b::text[],
+    %(output_truncateds)b::bool[], %(exit_codes)b::int[]
+  ) AS c(id, state, attempt, max_attempts, run_after, updated_at, assigned_at, started_at,
+         finished_at, worker_id, lease_expires_at, last_error, output, output_truncated,
+         exit_code)
+  WHERE jobs.id = c.id
+  RETURNING jobs.id
+),
+recorded AS (
+  INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at, data)
+  SELECT job_id, queue, kind, attempt, occurred_at, data::jsonb
+  FROM unnest(
+    %(event_job_ids)b::uuid[], %(event_queues)b::text[], %(event_kinds)b::text[],
+    %(event_attempts)b::int[], %(event_occurred_ats)b::timestamptz[], %(event_data)b::text[]
+  ) WITH ORDINALITY AS e(job_id, queue, kind, attempt, occurred_at, data, position)
+  ORDER BY position
+  RETURNING id
+)
+SELECT (SELECT count(*) FROM changed) AS jobs_changed,
+       (SELECT count(*) FROM recorded) AS events_recorded
+"""
+
+# Dispatch -----------------------------------------------------------------------------
+
+# Claim up to one ready job per worker slot of a queue, best first, and assign the i-th
+# job to the i-th slot. jobqueue_claim_capacity (see V1) says how many slots may be
+# filled: none when paused, fewer under a concurrency limit. Claims record no event.
+CLAIM: LiteralString = """
+WITH capacity AS (
+  SELECT jobqueue_claim_capacity(%(queue)s, cardinality(%(worker_slots)b::text[])) AS slots
+),
+ready AS (
+  SELECT id, priority, run_after FROM jobs
+  WHERE queue = %(queue)s AND state = 'pending' AND run_after <= %(now)s
+  ORDER BY priority DESC, run_after, id
+  LIMIT (SELECT slots FROM capacity)
+  FOR UPDATE SKIP LOCKED
+),
+numbered AS (
+  SELECT id, row_number() OVER (ORDER BY priority DESC, run_after, id) AS slot FROM ready
+),
+slots AS (
+  SELECT worker_id, slot
+  FROM unnest(%(worker_slots)b::text[]) WITH ORDINALITY AS s(worker_id, slot)
+)
+UPDATE jobs SET
+  state = 'assigned', attempt = jobs.attempt + 1, worker_id = slots.worker_id,
+  assigned_at = %(now)s, started_at = NULL, lease_expires_at = %(lease_expires_at)s,
+  updated_at = %(now)s
+FROM numbered JOIN slots USING (slot)
+WHERE jobs.id = numbered.id
+RETURNING jobs.*, numbered.slot
+"""
+
+# Extend the leases of a worker's live attempts; returns the attempts it still holds.
+EXTEND_LEASES: LiteralString = """
+UPDATE jobs SET lease_expires_at = %(lease_expires_at)s
+FROM unnest(%(ids)b::uuid[], %(attempts)b::int[]) AS a(id, attempt)
+WHERE jobs.id = a.id AND jobs.attempt = a.attempt AND jobs.worker_id = %(worker_id)s
+  AND jobs.state IN ('assigned', 'running')
+RETURNING jobs.id, jobs.attempt
+"""
+
+# Make up to %(limit)s failed jobs whose retry time has come pending again.
+PROMOTE_DUE_RETRIES: LiteralString = """
+UPDATE jobs SET state = 'pending', updated_at = %(now)s
+FROM (
+  SELECT id FROM jobs WHERE state = 'failed' AND run_after <= %(now)s
+  ORDER BY run_after LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+) AS due
+WHERE jobs.id = due.id
+"""
+
+# Workers --------------------------------------------------------------------------------
+
+# Register a worker, or register it again (active, with its new details).
+UPSERT_WORKER: LiteralString = """
+INSERT INTO workers (
+  id, queue, pool, hostname, concurrency, handlers, operator_id, state, registered_at,
+  last_seen_at
+) VALUES (
+  %(id)s, %(queue)s, %(pool)s, %(hostname)s, %(concurrency)s, %(handlers)b::text[],
+  %(operator_id)s, 'active', %(now)s, %(now)s
+)
+ON CONFLICT (id) DO UPDATE SET
+  queue = EXCLUDED.queue, pool = EXCLUDED.pool, hostname = EXCLUDED.hostname,
+  concurrency = EXCLUDED.concurrency, handlers = EXCLUDED.handlers,
+  operator_id = EXCLUDED.operator_id, state = 'active',
+  registered_at = EXCLUDED.registered_at, last_seen_at = EXCLUDED.last_seen_at
+"""
+
+# Set a worker's state (active, draining, gone); returns nothing for an unknown worker.
+SET_WORKER_STATE: LiteralString = """
+UPDATE workers SET state = %(state)s, last_seen_at = %(now)s WHERE id = %(id)s RETURNING id
+"""
+
+# Note that the given workers were heard from.
+TOUCH_WORKERS: LiteralString = """
+UPDATE workers SET last_seen_at = %(now)s WHERE id = ANY(%(ids)b::text[])
+"""
+
+# Every worker, or those of one queue, by id.
+SELECT_WORKERS: LiteralString = """
+SELECT * FROM workers WHERE %(queue)s::text IS NULL OR queue = %(queue)s ORDER BY id
+"""
+
+# Statistics and upkeep ----------------------------------------------------------------------
+
+# Jobs per queue and state. Each branch matches one partial index's predicate (ready,
+# in flight, retries, finished), so each is an index(-only) scan of that state's jobs.
+COUNT_JOBS_BY_STATE: LiteralString = """
+SELECT queue, 'pending' AS state, count(*) AS jobs,
+       min(run_after) FILTER (WHERE run_after <= %(now)s) AS oldest_due
+FROM jobs WHERE state = 'pending' AND queue = ANY(%(queues)b::text[]) GROUP BY queue
+UNION ALL
+SELECT queue, state, count(*), NULL
+FROM jobs WHERE state IN ('assigned', 'running') AND queue = ANY(%(queues)b::text[])
+GROUP BY queue, state
+UNION ALL
+SELECT queue, 'failed', count(*), NULL
+FROM jobs WHERE state = 'failed' AND queue = ANY(%(queues)b::text[]) GROUP BY queue
+UNION ALL
+SELECT queue, state, count(*), NULL
+FROM jobs WHERE state IN ('succeeded', 'dead_lettered', 'cancelled')
+  AND queue = ANY(%(queues)b::text[])
+GROUP BY queue, state
+"""
+
+# Run time and error rate per queue over the attempts that ended since %(since)s.
+OUTCOMES_SINCE: LiteralString = """
+SELECT queue,
+       count(*) AS finished_attempts,
+       count(*) FILTER (WHERE kind = 'failed') AS failed_attempts,
+       avg((data->>'run_time_s')::float8) FILTER (WHERE kind = 'succeeded') AS run_time_mean_s,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY (data->>'run_time_s')::float8)
+         FILTER (WHERE kind = 'succeeded') AS run_time_p95_s
+FROM job_events
+WHERE kind IN ('succeeded', 'failed') AND queue = ANY(%(queues)b::text[])
+  AND occurred_at > %(since)s
+GROUP BY queue
+"""
+
+# Delete up to %(limit)s finished jobs past their queue's retention, with their events;
+# a job with an event the relay has not published yet is kept. The lateral subquery runs
+# per queue, as a range scan of jobs_finished (queue, finished_at); the rows are then
+# locked, skipping locked ones, and rechecked (same finished_at) in case a job was retried
+# and finished again meanwhile.
+PURGE_FINISHED: LiteralString = """
+WITH candidates AS (
+  SELECT expired.id, expired.finished_at
+  FROM queues CROSS JOIN LATERAL (
+    SELECT jobs.id, jobs.finished_at FROM jobs
+    WHERE jobs.queue = queues.name
+      AND jobs.state IN ('succeeded', 'dead_lettered', 'cancelled')
+      AND jobs.finished_at < %(now)s - make_interval(
+            secs => least(queues.retention_succeeded_s, queues.retention_failed_s))
+      AND jobs.finished_at < %(now)s - make_interval(secs => CASE jobs.state
+            WHEN 'succeeded' THEN queues.retention_succeeded_s
+            ELSE queues.retention_failed_s END)
+      AND NOT EXISTS (
+        SELECT 1 FROM job_events
+        WHERE job_events.job_id = jobs.id AND job_events.published_at IS NULL
+      )
+    LIMIT %(limit)s
+  ) AS expired
+  LIMIT %(limit)s
+),
+doomed AS (
+  SELECT jobs.id FROM jobs JOIN candidates ON candidates.id = jobs.id
+  WHERE jobs.finished_at = candidates.finished_at
+    AND jobs.state IN ('succeeded', 'dead_lettered', 'cancelled')
+  FOR UPDATE OF jobs SKIP LOCKED
+),
+events_gone AS (
+  DELETE FROM job_events WHERE job_id IN (SELECT id FROM doomed)
+)
+DELETE FROM jobs WHERE id IN (SELECT id FROM doomed)
+"""
+
+# Whether the database answers.
+PING: LiteralString = "SELECT 1"
