@@ -1,0 +1,123 @@
+"""What the outbox relay sends: topic names, the message of one event, and the marking rule.
+
+Each event kind has a topic of its own (``<prefix>jobs.<kind>``, with ``dead_lettered``
+spelled ``dead-lettered`` as topic names usually are), so a consumer that only cares about
+dead letters reads only those. The key is the job id: the default partitioner then sends
+every event of one job on one topic to one partition, and Kafka keeps them in order there.
+
+The value is a small JSON document that never carries a job's payload or output (those
+stay in PostgreSQL); the headers repeat the kind and the event id so a consumer can route
+or deduplicate without parsing the value. Delivery is at least once: a consumer that must
+not act twice deduplicates on ``event_id``.
+
+Everything here is pure, so the rules that matter (topic names, encoding, which delivered
+events may be marked published) are tested without a broker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from jobqueue.errors import InvalidInputError
+
+# The event kinds of the job_events table, in lifecycle order. They are spelled out here
+# rather than imported from the store so the relay depends on the table, not on JobStore.
+EVENT_KINDS: tuple[str, ...] = (
+    "submitted",
+    "started",
+    "succeeded",
+    "failed",
+    "dead_lettered",
+    "cancelled",
+)
+
+DEFAULT_TOPIC_PREFIX = "jobqueue."
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """One row of ``job_events`` waiting to be published."""
+
+    id: int
+    job_id: str
+    queue: str
+    kind: str
+    attempt: int
+    occurred_at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KafkaMessage:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def topic_for(prefix: str, kind: str) -> str:
+    """The topic that carries events of ``kind``: ``jobqueue.jobs.dead-lettered`` and so on."""
+    if kind not in EVENT_KINDS:
+        raise InvalidInputError(
+            f"unknown event kind {kind!r}; known kinds: {', '.join(EVENT_KINDS)}"
+        )
+    return f"{prefix}jobs.{kind.replace('_', '-')}"
+
+
+def all_topics(prefix: str) -> list[str]:
+    """The six topics, in lifecycle order."""
+    return [topic_for(prefix, kind) for kind in EVENT_KINDS]
+
+
+def rfc3339(moment: datetime) -> str:
+    """``2026-01-02T03:04:05.123456Z``: UTC, microseconds, a ``Z`` rather than ``+00:00``."""
+    if moment.tzinfo is None:
+        raise InvalidInputError(f"event time {moment.isoformat()} has no time zone")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def encode_event(prefix: str, event: OutboxEvent) -> KafkaMessage:
+    """The Kafka message of one event."""
+    document = {
+        "event_id": event.id,
+        "job_id": event.job_id,
+        "queue": event.queue,
+        "kind": event.kind,
+        "attempt": event.attempt,
+        "occurred_at": rfc3339(event.occurred_at),
+        "data": event.data,
+    }
+    return KafkaMessage(
+        topic=topic_for(prefix, event.kind),
+        key=event.job_id.encode(),
+        value=json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode(),
+        headers=(("event-kind", event.kind.encode()), ("event-id", str(event.id).encode())),
+    )
+
+
+def publishable(events: Sequence[OutboxEvent], delivered: Collection[int]) -> list[int]:
+    """Ids of the events that may be marked published after one round of deliveries.
+
+    ``events`` is a batch in id order; ``delivered`` holds the ids the broker acknowledged.
+    An event is marked only when it and every earlier event of its job in the batch were
+    acknowledged: once one event of a job is missing, that job's later events wait too, so
+    the next round resends them after it and the job's history is never published with a
+    hole in it. Other jobs are not held back.
+
+    The batch is always the oldest unpublished events, so any earlier unpublished event of
+    a job is in it; an earlier one outside it is already published.
+    """
+    held_back: set[str] = set()
+    marked: list[int] = []
+    for event in events:
+        if event.job_id in held_back:
+            continue
+        if event.id in delivered:
+            marked.append(event.id)
+        else:
+            held_back.add(event.job_id)
+    return marked

@@ -1,0 +1,377 @@
+"""The outbox relay: publishes ``job_events`` rows to Kafka and marks them published.
+
+Every state change of a job writes an event row in the same transaction (the transactional
+outbox), so an event exists exactly when its change was committed. This relay is the only
+reader. One cycle:
+
+1. read the oldest unpublished events, in id order, up to ``batch_size``;
+2. produce them all with an idempotent producer and wait for the delivery reports;
+3. mark published only what the broker acknowledged, and of a job only up to its first
+   event that was not acknowledged (``messages.publishable``); the rest is read again and
+   resent by a later cycle.
+
+So delivery is at least once and ordered per job within each topic; a consumer that must
+not act twice deduplicates on ``event_id``. Event ids follow commit order for one job
+because every transaction that writes a job's event holds that job's row lock; across
+jobs, a smaller id committed later is simply picked up by a later cycle.
+
+While the broker is down the producer holds the batch (no message timeout) and the cycle
+waits; nothing is marked, nothing is dropped, and the batch goes out when the broker is
+back. The outage is logged once, by the sender.
+
+Only one relay runs at a time across operator replicas: it holds a PostgreSQL session
+advisory lock (``OUTBOX_LOCK_KEY``) on its own connection and does all its reads and
+updates on that connection, so losing the connection loses the lock and stops the relay
+at the same moment. Replicas without the lock try again every ``standby_interval_s``.
+TCP keepalives on both ends make a silently vanished relay release the lock within about
+a minute rather than the kernel's two hours.
+
+Wake-ups: the relay polls. When a batch was full it reads again at once; otherwise it
+waits ``idle_interval_s`` (200 ms). LISTEN/NOTIFY would save those idle queries but needs
+a NOTIFY in every event-writing transaction; an event reaching Kafka up to 200 ms late is
+fine for lifecycle events, and one indexed query five times a second is cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, LiteralString
+
+import psycopg
+from confluent_kafka import KafkaError
+
+from jobqueue.config import KafkaSettings
+from jobqueue.errors import ConfigError, JobQueueError, PermanentError, UnavailableError
+from jobqueue.events.kafka import KafkaSender, ensure_topics
+from jobqueue.events.messages import OutboxEvent, encode_event, publishable
+from jobqueue.events.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
+
+logger = logging.getLogger(__name__)
+
+# The advisory lock the relay holds while it runs: "jqoutbox" in ASCII as a 64-bit
+# integer. Fixed and documented so an operator can see who holds it in pg_locks
+# (classid 1785884533, objid 1952608120: its high and low 32 bits).
+OUTBOX_LOCK_KEY: Final = 0x6A71_6F75_7462_6F78
+
+# Take the relay lock if no other session holds it; never waits.
+_TRY_LOCK: LiteralString = "SELECT pg_try_advisory_lock(%(key)s)"
+
+# The oldest unpublished events (the partial index job_events_unpublished serves this).
+_READ_BATCH: LiteralString = """
+    SELECT id, job_id::text, queue, kind, attempt, occurred_at, data
+    FROM job_events
+    WHERE published_at IS NULL
+    ORDER BY id
+    LIMIT %(limit)s
+"""
+
+# Mark acknowledged events published.
+_MARK_PUBLISHED: LiteralString = """
+    UPDATE job_events SET published_at = %(now)s
+    WHERE id = ANY(%(ids)s::bigint[]) AND published_at IS NULL
+"""
+
+# Events still waiting, for the backlog gauge.
+_COUNT_BACKLOG: LiteralString = "SELECT count(*) FROM job_events WHERE published_at IS NULL"
+
+# Make the server notice a vanished relay (and free its lock) within about a minute.
+_SERVER_KEEPALIVES: Sequence[LiteralString] = (
+    "SET tcp_keepalives_idle = 30",
+    "SET tcp_keepalives_interval = 10",
+    "SET tcp_keepalives_count = 3",
+)
+
+_TOPIC_RETRY_S = 30.0  # seconds between attempts to create the topics while that fails
+_TOPIC_TIMEOUT_S = 5.0  # seconds one attempt may take (the relay waits for it)
+_BACKLOG_INTERVAL_S = 5.0  # seconds between two counts of the backlog
+_FAILURE_WARNING_INTERVAL_S = 60.0  # seconds between two warnings about refused events
+
+
+@contextlib.contextmanager
+def _database_errors(doing: str) -> Iterator[None]:
+    """psycopg errors as ours: a lost or refused connection may pass, anything else will not."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+        raise UnavailableError(f"PostgreSQL: {doing} failed: {error}") from error
+    except psycopg.Error as error:
+        raise PermanentError(f"PostgreSQL: {doing} failed: {error}") from error
+
+
+async def _sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` or until ``stop`` is set; say whether it was set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+class _Outbox:
+    """The relay's queries, on its one dedicated connection."""
+
+    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        self._connection = connection
+
+    async def try_lock(self) -> bool:
+        with _database_errors("taking the outbox relay lock"):
+            cursor = await self._connection.execute(_TRY_LOCK, {"key": OUTBOX_LOCK_KEY})
+            row = await cursor.fetchone()
+        return bool(row and row[0])
+
+    async def read_batch(self, limit: int) -> list[OutboxEvent]:
+        with _database_errors("reading unpublished job events"):
+            cursor = await self._connection.execute(_READ_BATCH, {"limit": limit})
+            rows = await cursor.fetchall()
+        return [
+            OutboxEvent(
+                id=row[0],
+                job_id=row[1],
+                queue=row[2],
+                kind=row[3],
+                attempt=row[4],
+                occurred_at=row[5],
+                data=row[6],
+            )
+            for row in rows
+        ]
+
+    async def mark_published(self, event_ids: Sequence[int], now: datetime) -> None:
+        with _database_errors("marking job events published"):
+            await self._connection.execute(_MARK_PUBLISHED, {"ids": list(event_ids), "now": now})
+
+    async def backlog(self) -> int:
+        with _database_errors("counting unpublished job events"):
+            cursor = await self._connection.execute(_COUNT_BACKLOG)
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+
+class OutboxRelay:
+    """Publishes job events from the outbox table to Kafka; run it with ``run(stop)``.
+
+    ``kafka`` carries the brokers, the topic prefix and the security settings;
+    ``bootstrap_servers`` and ``topic_prefix``, when given, override its fields (enough on
+    their own for a plaintext cluster). ``active`` is set while this relay holds the lock
+    and relays; ``published`` counts the events it marked published (for tests and the log).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        kafka: KafkaSettings | None = None,
+        *,
+        bootstrap_servers: str | None = None,
+        topic_prefix: str | None = None,
+        batch_size: int = 500,
+        idle_interval_s: float = 0.2,
+        standby_interval_s: float = 2.0,
+        retry_delay_s: float = 1.0,
+        stop_grace_s: float = 5.0,
+        topic_partitions: int = 3,
+        topic_replication: int = 1,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        kafka = kafka or KafkaSettings()
+        if bootstrap_servers is not None:
+            kafka = dataclasses.replace(kafka, bootstrap_servers=bootstrap_servers)
+        if topic_prefix is not None:
+            kafka = dataclasses.replace(kafka, topic_prefix=topic_prefix)
+        if not kafka.bootstrap_servers:
+            raise ConfigError("kafka.bootstrap_servers: must be set to run the outbox relay")
+        self._dsn = dsn
+        self._kafka = kafka
+        self._prefix = kafka.topic_prefix
+        self.batch_size = batch_size
+        self.idle_interval_s = idle_interval_s
+        self.standby_interval_s = standby_interval_s
+        self.retry_delay_s = retry_delay_s
+        self.stop_grace_s = stop_grace_s
+        self._topic_partitions = topic_partitions
+        self._topic_replication = topic_replication
+        self._now = now
+        self.active = asyncio.Event()
+        self.published = 0
+        self._database_down = False
+        self._topics_ready = False
+        self._topics_warned = False
+        self._next_topics_attempt = 0.0  # time.monotonic()
+        self._next_failure_warning = 0.0  # time.monotonic()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until ``stop`` is set.
+
+        Outages of PostgreSQL or Kafka are waited out. Only a permanent error (the table is
+        missing, a setting is wrong) raises, as ``PermanentError`` or ``ConfigError``.
+        """
+        while not stop.is_set():
+            try:
+                await self._hold_lock_and_relay(stop)
+            except UnavailableError as error:
+                if not self._database_down:
+                    logger.warning(
+                        "The outbox relay lost PostgreSQL (%s); retrying every %.1f s",
+                        error,
+                        self.retry_delay_s,
+                    )
+                    self._database_down = True
+                await _sleep_unless_stopped(stop, self.retry_delay_s)
+
+    async def _hold_lock_and_relay(self, stop: asyncio.Event) -> None:
+        connection = await self._connect()
+        async with connection:
+            outbox = _Outbox(connection)
+            if not await self._wait_for_lock(outbox, stop):
+                return
+
+            self.active.set()
+            logger.info("This replica relays the outbox to Kafka now")
+            try:
+                await self._relay(outbox, stop)
+            finally:
+                self.active.clear()
+        logger.info("The outbox relay stopped and released its lock")
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        with _database_errors("connecting the outbox relay"):
+            connection = await psycopg.AsyncConnection.connect(
+                self._dsn,
+                autocommit=True,
+                connect_timeout=5,
+                application_name="jobqueue-outbox-relay",
+                keepalives=1,
+                keepalives_idle=30,
+                keepalives_interval=10,
+                keepalives_count=3,
+            )
+            for statement in _SERVER_KEEPALIVES:
+                await connection.execute(statement)
+        if self._database_down:
+            logger.info("The outbox relay reached PostgreSQL again")
+            self._database_down = False
+        return connection
+
+    async def _wait_for_lock(self, outbox: _Outbox, stop: asyncio.Event) -> bool:
+        announced = False
+        while not stop.is_set():
+            if await outbox.try_lock():
+                return True
+            if not announced:
+                logger.info("Another replica relays the outbox; this one stands by")
+                announced = True
+            await _sleep_unless_stopped(stop, self.standby_interval_s)
+        return False
+
+    async def _relay(self, outbox: _Outbox, stop: asyncio.Event) -> None:
+        sender = KafkaSender(self._kafka)
+        next_backlog_count = 0.0  # time.monotonic()
+        try:
+            while not stop.is_set():
+                await self._ensure_topics()
+
+                # A producer that failed for good cannot send again; its replacement
+                # resends whatever was not acknowledged.
+                if sender.fatal_error is not None:
+                    await asyncio.to_thread(sender.close)
+                    sender = KafkaSender(self._kafka)
+
+                pause_s = await self._relay_batch(outbox, sender, stop)
+
+                if time.monotonic() >= next_backlog_count:
+                    OUTBOX_BACKLOG.set(await outbox.backlog())
+                    next_backlog_count = time.monotonic() + _BACKLOG_INTERVAL_S
+                if pause_s:
+                    # Error reports of an idle producer pile up until served; serve them.
+                    sender.serve()
+                    await _sleep_unless_stopped(stop, pause_s)
+        finally:
+            await asyncio.to_thread(sender.close)
+
+    async def _relay_batch(
+        self, outbox: _Outbox, sender: KafkaSender, stop: asyncio.Event
+    ) -> float:
+        """One cycle; returns how long to pause before the next (0 after a full batch)."""
+        events = await outbox.read_batch(self.batch_size)
+        if not events:
+            return self.idle_interval_s
+
+        messages = [(event.id, encode_event(self._prefix, event)) for event in events]
+        await asyncio.to_thread(sender.send, messages)
+        await self._wait_for_deliveries(sender, stop)
+
+        marked = publishable(events, sender.acknowledged)
+        if marked:
+            # Not shielded: if cancellation cuts this short, the events are only sent twice.
+            await outbox.mark_published(marked, self._now())
+            OUTBOX_PUBLISHED.inc(len(marked))
+            self.published += len(marked)
+
+        failures = sender.failures
+        if failures and stop.is_set():
+            logger.info(
+                "Stopping with %d job events unacknowledged; they stay in the outbox",
+                len(events) - len(marked),
+            )
+            return 0.0
+        if failures:
+            self._report_failures(failures, len(events), len(events) - len(marked))
+            return self.retry_delay_s
+        return 0.0 if len(events) == self.batch_size else self.idle_interval_s
+
+    def _report_failures(
+        self, failures: Mapping[int, KafkaError], batch: int, unmarked: int
+    ) -> None:
+        """A WARNING at most once a minute: an event Kafka always refuses fails every cycle."""
+        # TODO: an event the broker refuses for good (too large, say) is resent forever and
+        # holds back every later event of its job; it needs a dead-letter path of its own.
+        event_id, error = next(iter(failures.items()))
+        warn = time.monotonic() >= self._next_failure_warning
+        (logger.warning if warn else logger.debug)(
+            "Kafka refused %d of %d job events (event %d: %s); %d left unmarked to keep "
+            "each job in order; they will be sent again",
+            len(failures), batch, event_id, error.str(), unmarked,
+        )  # fmt: skip
+        if warn:
+            self._next_failure_warning = time.monotonic() + _FAILURE_WARNING_INTERVAL_S
+
+    async def _wait_for_deliveries(self, sender: KafkaSender, stop: asyncio.Event) -> None:
+        """Serve delivery reports until none is outstanding; while Kafka is down, keep waiting."""
+        while await asyncio.to_thread(sender.wait, 0.2):
+            if sender.fatal_error is not None:
+                await asyncio.to_thread(sender.abandon)
+                return
+            if stop.is_set():
+                # Give what is in flight a moment to land, then leave the rest unmarked.
+                if await asyncio.to_thread(sender.wait, self.stop_grace_s):
+                    await asyncio.to_thread(sender.abandon)
+                return
+
+    async def _ensure_topics(self) -> None:
+        """Create the topics once; until that works, retry every 30 s but produce anyway."""
+        if self._topics_ready or time.monotonic() < self._next_topics_attempt:
+            return
+        self._next_topics_attempt = time.monotonic() + _TOPIC_RETRY_S
+        try:
+            await asyncio.to_thread(
+                ensure_topics,
+                self._kafka,
+                self._prefix,
+                self._topic_partitions,
+                self._topic_replication,
+                timeout_s=_TOPIC_TIMEOUT_S,
+            )
+        except UnavailableError as error:
+            log = logger.debug if self._topics_warned else logger.warning
+            log("Could not create the event topics yet (%s); retrying in %.0f s", error,
+                _TOPIC_RETRY_S)  # fmt: skip
+            self._topics_warned = True
+            return
+        except JobQueueError as error:
+            # A setting or permission problem will not pass; the broker may still create
+            # the topics on first use, so relaying goes on.
+            logger.error("Could not create the event topics: %s", error)
+        self._topics_ready = True

@@ -1,0 +1,120 @@
+"""The pure rules of the outbox relay: topic names, message encoding, what may be marked."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from jobqueue.errors import InvalidInputError
+from jobqueue.events import (
+    EVENT_KINDS,
+    OutboxEvent,
+    all_topics,
+    encode_event,
+    publishable,
+    topic_for,
+)
+
+_MOMENT = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+
+
+def _event(event_id: int, job_id: str, kind: str = "started", attempt: int = 1) -> OutboxEvent:
+    return OutboxEvent(event_id, job_id, "emails", kind, attempt, _MOMENT, {"worker_id": "w-1"})
+
+
+def test_each_event_kind_has_its_own_topic_under_the_prefix() -> None:
+    assert all_topics("jobqueue.") == [
+        "jobqueue.jobs.submitted",
+        "jobqueue.jobs.started",
+        "jobqueue.jobs.succeeded",
+        "jobqueue.jobs.failed",
+        "jobqueue.jobs.dead-lettered",
+        "jobqueue.jobs.cancelled",
+    ]
+    assert topic_for("acme.", "dead_lettered") == "acme.jobs.dead-lettered"
+
+
+def test_unknown_event_kind_has_no_topic() -> None:
+    with pytest.raises(InvalidInputError, match="unknown event kind 'retried'"):
+        topic_for("jobqueue.", "retried")
+
+
+def test_event_kinds_match_the_stores() -> None:
+    model = pytest.importorskip("jobqueue.store.model")
+
+    assert set(EVENT_KINDS) == {kind.value for kind in model.EventKind}
+
+
+def test_message_is_keyed_by_job_and_carries_the_event_as_json() -> None:
+    event = OutboxEvent(
+        id=42,
+        job_id="0b4c9c1e-5f43-4d0c-9a57-2f0d0a3c1f00",
+        queue="emails",
+        kind="failed",
+        attempt=2,
+        occurred_at=_MOMENT,
+        data={"error": "exit status 3 — «bad»", "retry_at": None},
+    )
+
+    message = encode_event("jobqueue.", event)
+
+    assert message.topic == "jobqueue.jobs.failed"
+    assert message.key == b"0b4c9c1e-5f43-4d0c-9a57-2f0d0a3c1f00"
+    assert json.loads(message.value) == {
+        "event_id": 42,
+        "job_id": "0b4c9c1e-5f43-4d0c-9a57-2f0d0a3c1f00",
+        "queue": "emails",
+        "kind": "failed",
+        "attempt": 2,
+        "occurred_at": "2026-03-04T05:06:07.891011Z",
+        "data": {"error": "exit status 3 — «bad»", "retry_at": None},
+    }
+    assert message.headers == (("event-kind", b"failed"), ("event-id", b"42"))
+
+
+def test_event_time_is_written_in_utc_whatever_its_zone() -> None:
+    east = timezone(timedelta(hours=2))
+    event = OutboxEvent(1, "j", "q", "submitted", 0, datetime(2026, 1, 1, 2, 0, tzinfo=east))
+
+    document = json.loads(encode_event("p.", event).value)
+
+    assert document["occurred_at"] == "2026-01-01T00:00:00.000000Z"
+
+
+def test_event_time_without_a_zone_is_refused() -> None:
+    event = OutboxEvent(1, "j", "q", "submitted", 0, datetime(2026, 1, 1))
+
+    with pytest.raises(InvalidInputError, match="no time zone"):
+        encode_event("p.", event)
+
+
+def test_everything_acknowledged_is_marked() -> None:
+    batch = [_event(1, "a"), _event(2, "b"), _event(3, "a")]
+
+    assert publishable(batch, {1, 2, 3}) == [1, 2, 3]
+
+
+def test_a_missing_acknowledgement_holds_back_the_rest_of_that_job_only() -> None:
+    batch = [
+        _event(1, "a", "submitted"),
+        _event(2, "b", "submitted"),
+        _event(3, "a", "started"),  # not acknowledged
+        _event(4, "b", "started"),
+        _event(5, "a", "succeeded"),  # acknowledged, but after a hole in job a
+        _event(6, "b", "succeeded"),
+    ]
+
+    assert publishable(batch, {1, 2, 4, 5, 6}) == [1, 2, 4, 6]
+
+
+def test_nothing_is_marked_when_the_first_event_of_every_job_failed() -> None:
+    batch = [_event(1, "a"), _event(2, "b"), _event(3, "a"), _event(4, "b")]
+
+    assert publishable(batch, {3, 4}) == []
+
+
+def test_nothing_acknowledged_marks_nothing() -> None:
+    assert publishable([_event(1, "a")], set()) == []
+    assert publishable([], {1}) == []
