@@ -76,9 +76,11 @@ SET_QUEUE_PAUSED: LiteralString = """
 UPDATE queues SET paused = %(paused)s, updated_at = %(now)s WHERE name = %(name)s RETURNING *
 """
 
-# Close a queue to new jobs (it is being deleted); dispatch of what it holds goes on.
+# Close a queue to new jobs (it is being deleted) and resume it: a drain must run down
+# what the queue holds, which a paused queue would never do.
 CLOSE_QUEUE: LiteralString = """
-UPDATE queues SET closed = true, updated_at = %(now)s WHERE name = %(name)s RETURNING *
+UPDATE queues SET closed = true, paused = false, updated_at = %(now)s
+WHERE name = %(name)s RETURNING *
 """
 
 # Workers heard from since %(since)s, and how many of them run a job, per queue and pool.

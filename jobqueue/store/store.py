@@ -211,7 +211,7 @@ class JobStore:
         return _queue_from_row(row)
 
     async def close_queue(self, name: str) -> QueuePolicy:
-        """Refuse new jobs on a queue from now on; what it holds still runs (a drain)."""
+        """Refuse new jobs on a queue from now on, and resume it: what it holds runs down."""
         params = {"name": name, "now": self._clock.now()}
         async with self._connection() as connection:
             cursor = await connection.execute(queries.CLOSE_QUEUE, params)
