@@ -80,13 +80,16 @@ def run(environment: Environment, *, env_file: Path) -> None:
         _step(f"Submitted {len(submitted)} jobs (some fail on purpose, then retry)")
 
         _watch_until_drained(environment, queue)
+        if not sys.stdin.isatty():
+            _step("The queue has drained. (Run make demo in a terminal to keep it up.)")
+            return
         env_file.write_text(_exports(environment, grpc_port))
-        _print_next_steps(env_file, grpc_port, submitted[0].id)
-        if sys.stdin.isatty():
-            print("Everything stays up until Ctrl-C.", flush=True)
+        try:
+            _print_next_steps(env_file, grpc_port, submitted[0].id)
             with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()
-        env_file.unlink(missing_ok=True)
+        finally:
+            env_file.unlink(missing_ok=True)
 
 
 def _step(message: str) -> None:
@@ -264,11 +267,11 @@ def _exports(environment: Environment, grpc_port: int) -> str:
 def _print_next_steps(env_file: Path, grpc_port: int, job_id: str) -> None:
     print(
         f"""
-The queue has drained. To look around by hand, in another shell:
+The queue has drained. Everything stays up until Ctrl-C; in another shell:
 
-  source {env_file}                            # KUBECONFIG, JQ_SERVER=127.0.0.1:{grpc_port}
-  kubectl get jobqueue-all -n {NAMESPACE}      # queues and pools together
-  kubectl describe jq emails -n {NAMESPACE}    # conditions and events
+  source {env_file}    # KUBECONFIG, kubectl on PATH, JQ_SERVER=127.0.0.1:{grpc_port}
+  kubectl get jobqueue-all -n {NAMESPACE}
+  kubectl describe jq emails -n {NAMESPACE}
   .venv/bin/jqctl --insecure queue stats emails
   .venv/bin/jqctl --insecure job list --queue emails --state dead_lettered
   .venv/bin/jqctl --insecure job events {job_id}
