@@ -161,6 +161,11 @@ class _QuietTimers(logging.Filter):
         return not (message.startswith("Timer ") and message.endswith(" succeeded."))
 
 
+def _announce(body: kopf.Body, *, reason: str, message: str) -> None:
+    """A Normal Event on the resource. (kopf.info would be held back by posting.level.)"""
+    kopf.event(body, type="Normal", reason=reason, message=message)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -214,7 +219,7 @@ async def reconcile_queue(
         # A resumed queue, or a raised limit, may have work to hand out at once.
         context.scheduler.announce([name])
     if reason != "resume":
-        kopf.info(body, reason="PolicyApplied", message=f"generation {generation} in force")
+        _announce(body, reason="PolicyApplied", message=f"generation {generation} in force")
 
 
 async def delete_queue(context: Context, *, body: kopf.Body, name: str, namespace: str) -> None:
@@ -251,13 +256,13 @@ async def _cancel_unfinished(context: Context, body: kopf.Body, name: str) -> No
                 stopped = [AttemptRef(item.job.id, item.job.attempt)]
                 context.scheduler.tell_to_stop(item.worker_id, stopped, "queue deleted")
     if cancelled:
-        kopf.info(body, reason="JobsCancelled", message=f"{len(cancelled)} unfinished jobs")
+        _announce(body, reason="JobsCancelled", message=f"{len(cancelled)} unfinished jobs")
 
 
 async def _drain(context: Context, body: kopf.Body, policy: QueuePolicy) -> None:
     if not policy.closed:
         await context.store.close_queue(policy.name)
-        kopf.info(body, reason="Draining", message="closed to new jobs; finishing what it holds")
+        _announce(body, reason="Draining", message="closed to new jobs; finishing what it holds")
     unfinished = await context.store.unfinished_count(policy.name)
     if unfinished:
         raise kopf.TemporaryError(
@@ -350,7 +355,7 @@ async def reconcile_pool(
     )
     if not queue_found:
         kopf.warn(body, reason="QueueMissing", message=f"no JobQueue named {spec.queue} here")
-    kopf.info(body, reason="DeploymentApplied", message=f"{spec.replicas} replicas wanted")
+    _announce(body, reason="DeploymentApplied", message=f"{spec.replicas} replicas wanted")
 
 
 async def mirror_pool_status(

@@ -52,6 +52,7 @@ class Kube:
         self.custom = kube_client.CustomObjectsApi(api)
         self.apps = kube_client.AppsV1Api(api)
         self.autoscaling = kube_client.AutoscalingV2Api(api)
+        self.core = kube_client.CoreV1Api(api)
         self.api = api
         self.namespace = namespace
         self.devenv = devenv
@@ -215,6 +216,18 @@ async def test_applied_queue_becomes_its_policy_row_and_follows_spec_changes(
     body = await kube.get(resources.JOB_QUEUE_PLURAL, "emails")
     assert condition(body, "Paused") is not None
     assert condition(body, "Paused")["status"] == "True"  # type: ignore[index]
+
+    # Each applied generation is also told as an Event on the resource.
+    async def events_posted() -> bool:
+        events = await kube.call(
+            kube.core.list_namespaced_event,
+            kube.namespace,
+            field_selector="involvedObject.name=emails",
+        )
+        reasons = [event.reason for event in events.items]
+        return reasons.count("PolicyApplied") >= 2
+
+    await eventually(events_posted, what="two PolicyApplied events")
 
 
 async def test_deleting_a_queue_with_cancel_policy_cancels_its_jobs_then_it_goes(
