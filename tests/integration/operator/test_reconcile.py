@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -20,6 +19,7 @@ from kubernetes import client as kube_client
 
 from jobqueue import errors, resources
 from jobqueue.client import job_spec
+from jobqueue.config import Settings
 from jobqueue.devenv import Environment
 from jobqueue.devenv.processes import free_port
 from jobqueue.store import AttemptRef, AttemptResult, JobKind, JobState, NewJob, Outcome
@@ -114,7 +114,7 @@ def kube(
 
 
 @pytest.fixture
-async def reconciler(
+def reconciling_settings(
     database_url: str,
     redis_url: str,
     kafka: KafkaTarget,
@@ -122,10 +122,11 @@ async def reconciler(
     devenv: Environment,
     crds: None,
     monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[Operator]:
+) -> Settings:
+    """An operator's settings for reconciling the test's namespace alone, on its database."""
     # kopf and the operator's own client both find the cluster through $KUBECONFIG.
     monkeypatch.setenv("KUBECONFIG", str(devenv.kubeconfig))
-    settings = operator_settings(
+    return operator_settings(
         database_url,
         redis_url,
         kafka,
@@ -135,7 +136,11 @@ async def reconciler(
         JQ_OPERATOR_STATUS_INTERVAL_S="0.5",
         JQ_OPERATOR_SERVICE_ADDRESS="jobqueue-operator.jobqueue-system.svc:7070",
     )
-    async with operator_running(settings, with_kopf=True) as running:
+
+
+@pytest.fixture
+async def reconciler(reconciling_settings: Settings) -> AsyncIterator[Operator]:
+    async with operator_running(reconciling_settings, with_kopf=True) as running:
         yield running
 
 
@@ -453,26 +458,9 @@ async def test_autoscaling_pool_gets_an_autoscaler_on_its_scale_subresource(
 
 
 async def test_operator_restarted_mid_load_loses_nothing_and_status_resumes(
-    database_url: str,
-    redis_url: str,
-    kafka: KafkaTarget,
-    namespace: str,
-    devenv: Environment,
-    kube: Kube,
-    workers: Workers,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    reconciling_settings: Settings, kube: Kube, workers: Workers
 ) -> None:
-    monkeypatch.setenv("KUBECONFIG", str(devenv.kubeconfig))
-    settings = operator_settings(
-        database_url,
-        redis_url,
-        kafka,
-        free_port(),
-        JQ_OPERATOR_NAMESPACES=namespace,
-        JQ_OPERATOR_STANDALONE="true",
-        JQ_OPERATOR_STATUS_INTERVAL_S="0.5",
-    )
+    settings = reconciling_settings
     total = 60
     async with operator_running(settings, with_kopf=True) as first:
         await kube.apply(queue_manifest("steady"))
