@@ -226,9 +226,11 @@ def _watch_until_drained(environment: Environment, queue: str) -> None:
     """Print the resources every few seconds until the queue has nothing left to run."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while True:
-        print(_kubectl(environment, "get", "jq,qwp", "-o", "wide"), flush=True)
         if _drained(environment, queue):
+            # The last table is read after the drain was seen, so it shows the end state.
+            print(_kubectl(environment, "get", "jq,qwp", "-o", "wide"), flush=True)
             return
+        print(_kubectl(environment, "get", "jq,qwp", "-o", "wide"), flush=True)
         if time.monotonic() > deadline:
             raise UnavailableError(f"queue {queue} did not drain within {DRAIN_TIMEOUT_S:g} s")
         time.sleep(REFRESH_S)
