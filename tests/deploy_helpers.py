@@ -25,6 +25,48 @@ MANIFESTS = REPOSITORY / "manifests"
 
 HELM_TIMEOUT_S = 60
 
+# The operator's RBAC as decided in issue #6, one (group, resource, verb) per permission.
+OPERATOR_PERMISSIONS = frozenset(
+    [
+        *(
+            ("jobqueue.dev", resource, verb)
+            for resource in ("jobqueues", "queueworkerpools")
+            for verb in ("get", "list", "watch", "patch", "update")
+        ),
+        *(
+            ("jobqueue.dev", f"{resource}/status", verb)
+            for resource in ("jobqueues", "queueworkerpools")
+            for verb in ("get", "patch", "update")
+        ),
+        ("jobqueue.dev", "jobqueues/finalizers", "update"),
+        ("jobqueue.dev", "queueworkerpools/finalizers", "update"),
+        *(
+            (group, resource, verb)
+            for group, resource in (
+                ("apps", "deployments"),
+                ("autoscaling", "horizontalpodautoscalers"),
+            )
+            for verb in ("get", "list", "watch", "create", "patch", "update", "delete")
+        ),
+        ("", "events", "create"),
+        ("", "events", "patch"),
+        ("events.k8s.io", "events", "create"),
+        ("events.k8s.io", "events", "patch"),
+        *(("", "namespaces", verb) for verb in ("get", "list", "watch")),
+        *(("", "pods", verb) for verb in ("get", "list", "watch")),
+        *(
+            ("apiextensions.k8s.io", "customresourcedefinitions", v)
+            for v in ("get", "list", "watch")
+        ),
+        *(
+            ("kopf.dev", "clusterkopfpeerings", v)
+            for v in ("get", "list", "watch", "patch", "create")
+        ),
+        ("authentication.k8s.io", "tokenreviews", "create"),
+        ("authorization.k8s.io", "subjectaccessreviews", "create"),
+    ]
+)
+
 
 def helm_binary() -> Path:
     return prerequisites.helm_bin_dir() / "helm"

@@ -18,48 +18,14 @@ import pytest
 import yaml
 
 from jobqueue import config as jobqueue_config
-from tests.deploy_helpers import CHART, CRDS, FULL_VALUES, helm, only, render
-
-# The operator's RBAC as decided in issue #6, one (group, resource, verb) per permission.
-OPERATOR_PERMISSIONS = frozenset(
-    [
-        *(
-            ("jobqueue.dev", resource, verb)
-            for resource in ("jobqueues", "queueworkerpools")
-            for verb in ("get", "list", "watch", "patch", "update")
-        ),
-        *(
-            ("jobqueue.dev", f"{resource}/status", verb)
-            for resource in ("jobqueues", "queueworkerpools")
-            for verb in ("get", "patch", "update")
-        ),
-        ("jobqueue.dev", "jobqueues/finalizers", "update"),
-        ("jobqueue.dev", "queueworkerpools/finalizers", "update"),
-        *(
-            (group, resource, verb)
-            for group, resource in (
-                ("apps", "deployments"),
-                ("autoscaling", "horizontalpodautoscalers"),
-            )
-            for verb in ("get", "list", "watch", "create", "patch", "update", "delete")
-        ),
-        ("", "events", "create"),
-        ("", "events", "patch"),
-        ("events.k8s.io", "events", "create"),
-        ("events.k8s.io", "events", "patch"),
-        *(("", "namespaces", verb) for verb in ("get", "list", "watch")),
-        *(("", "pods", verb) for verb in ("get", "list", "watch")),
-        *(
-            ("apiextensions.k8s.io", "customresourcedefinitions", v)
-            for v in ("get", "list", "watch")
-        ),
-        *(
-            ("kopf.dev", "clusterkopfpeerings", v)
-            for v in ("get", "list", "watch", "patch", "create")
-        ),
-        ("authentication.k8s.io", "tokenreviews", "create"),
-        ("authorization.k8s.io", "subjectaccessreviews", "create"),
-    ]
+from tests.deploy_helpers import (
+    CHART,
+    CRDS,
+    FULL_VALUES,
+    OPERATOR_PERMISSIONS,
+    helm,
+    only,
+    render,
 )
 
 
