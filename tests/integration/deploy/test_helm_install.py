@@ -16,9 +16,9 @@ import copy
 import json
 import os
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -419,9 +419,9 @@ def test_operator_account_is_refused_everything_else(
 
     assert _refused(lambda: core.delete_namespace(release.namespace)) == 403
     assert _refused(lambda: core.list_namespaced_secret(release.namespace)) == 403
-    assert _refused(lambda: core.list_secret_for_all_namespaces()) == 403
+    assert _refused(core.list_secret_for_all_namespaces) == 403
     assert _refused(lambda: core.list_namespaced_config_map(release.namespace)) == 403
-    assert _refused(lambda: rbac.list_cluster_role()) == 403
+    assert _refused(rbac.list_cluster_role) == 403
     assert _refused(
         lambda: extensions.delete_custom_resource_definition("jobqueues.jobqueue.dev")
     ) == 403  # fmt: skip
