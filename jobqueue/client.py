@@ -9,6 +9,9 @@ Errors arrive as the project's own: a gRPC status becomes ``NotFoundError``,
 ``InvalidInputError``, ``UnavailableError`` and so on (see ``_ERRORS_BY_CODE``), with the
 server's message, chained to the ``grpc.RpcError``.
 
+A ``token`` is sent as ``authorization: Bearer <token>`` metadata on every call. Over a
+plaintext channel anyone on the path can read it; use TLS wherever a token matters.
+
     with Client("localhost:7070", plaintext=True) as client:
         job = client.submit(job_spec("emails", command=["echo", "hi"]))
         final = client.wait(job.id, timeout_s=60)
@@ -112,6 +115,11 @@ def channel_credentials(ca_file: Path | None) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes() if ca_file else None)
 
 
+def _bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that proves who the caller is: a bearer token, when there is one."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
 def _list_request(
     queue: str,
     states: Sequence[jobs_pb2.JobState.ValueType],
@@ -138,8 +146,10 @@ class Client:
         plaintext: bool = False,
         ca_file: Path | None = None,
         timeout_s: float = 30.0,
+        token: str | None = None,
     ) -> None:
         self.timeout_s = timeout_s
+        self._metadata = _bearer_metadata(token)
         if plaintext:
             self._channel = grpc.insecure_channel(target)
         else:
@@ -163,7 +173,7 @@ class Client:
 
     def _call(self, method: Any, request: Any) -> Any:
         try:
-            return method(request, timeout=self.timeout_s)
+            return method(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
             raise translate_error(error) from error
 
@@ -214,7 +224,9 @@ class Client:
     def watch(self, job_id: str, timeout_s: float | None = None) -> Iterator[jobs_pb2.Job]:
         """The job now, then each change, until it finishes (or ``timeout_s`` passes)."""
         try:
-            yield from self._jobs.Watch(jobs_pb2.WatchJobRequest(id=job_id), timeout=timeout_s)
+            yield from self._jobs.Watch(
+                jobs_pb2.WatchJobRequest(id=job_id), timeout=timeout_s, metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise translate_error(error) from error
 
@@ -288,8 +300,10 @@ class AsyncClient:
         plaintext: bool = False,
         ca_file: Path | None = None,
         timeout_s: float = 30.0,
+        token: str | None = None,
     ) -> None:
         self.timeout_s = timeout_s
+        self._metadata = _bearer_metadata(token)
         if plaintext:
             self._channel = grpc.aio.insecure_channel(target)
         else:
@@ -313,7 +327,7 @@ class AsyncClient:
 
     async def _call(self, method: Any, request: Any) -> Any:
         try:
-            return await method(request, timeout=self.timeout_s)
+            return await method(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
             raise translate_error(error) from error
 
@@ -366,7 +380,7 @@ class AsyncClient:
     ) -> AsyncIterator[jobs_pb2.Job]:
         try:
             async for job in self._jobs.Watch(
-                jobs_pb2.WatchJobRequest(id=job_id), timeout=timeout_s
+                jobs_pb2.WatchJobRequest(id=job_id), timeout=timeout_s, metadata=self._metadata
             ):
                 yield job
         except grpc.RpcError as error:

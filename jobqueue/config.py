@@ -95,6 +95,13 @@ class OperatorSettings:
     lease_s: float = field(default=30.0, metadata={"minimum": 1.0})
     # Seconds between two scheduler polls when no wake-up arrives (the safety net).
     poll_interval_s: float = field(default=1.0, metadata={"minimum": 0.01})
+    # HOST:PORT at which worker pods reach the gRPC API (the operator's Service); the
+    # operator writes it into every worker pool's Deployment.
+    service_address: str = "jobqueue-operator.jobqueue-system.svc:7070"
+    # Reconcile without kopf peering. Leave it off when several replicas run: peering
+    # (the ClusterKopfPeering named by peering_name) lets exactly one of them reconcile.
+    standalone: bool = False
+    peering_name: str = "jobqueue"
 
 
 @dataclass(frozen=True)

@@ -58,14 +58,25 @@ class TerminalFormatter(logging.Formatter):
         return f"{line} {fields}" if fields else line
 
 
+# The values of the ``logging.format`` setting: "auto" is JSON unless writing to a terminal.
+FORMATS: dict[str, bool | None] = {"auto": None, "json": True, "text": False}
+
+
 def configure(
-    level: str = "INFO", *, stream: TextIO | None = None, json_lines: bool | None = None
+    level: str = "INFO",
+    *,
+    stream: TextIO | None = None,
+    json_lines: bool | None = None,
+    format: str | None = None,
 ) -> None:
     """Send the root logger to ``stream`` (stderr) as JSON or readable lines.
 
-    ``json_lines`` defaults to "not a terminal", which is what a container gives.
+    ``format`` is the ``logging.format`` setting; ``json_lines`` says it directly. Either
+    defaults to "not a terminal", which is what a container gives.
     """
     stream = stream or sys.stderr
+    if format is not None:
+        json_lines = FORMATS[format]
     if json_lines is None:
         json_lines = not stream.isatty()
     handler = logging.StreamHandler(stream)

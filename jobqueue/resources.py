@@ -34,6 +34,7 @@ from typing import Any, Final, Literal, TypeVar, cast, get_args
 import urllib3
 import yaml
 from kubernetes import client as kube_client
+from kubernetes import config as kube_config
 
 from jobqueue.errors import (
     ConflictError,
@@ -612,6 +613,110 @@ def apply_resource(
         )  # fmt: skip
         stored = json.loads(cast(urllib3.BaseHTTPResponse, answer).data)
     return cast(dict[str, Any], stored)
+
+
+# The other kinds jobqueue writes, with the path of their collection; namespaced ones have
+# a {namespace} to fill in.
+_COLLECTIONS: Final[Mapping[tuple[str, str], str]] = MappingProxyType(
+    {
+        ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{namespace}/deployments",
+        ("autoscaling/v2", "HorizontalPodAutoscaler"): (
+            "/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers"
+        ),
+        ("kopf.dev/v1", "ClusterKopfPeering"): "/apis/kopf.dev/v1/clusterkopfpeerings",
+    }
+)
+
+
+def _object_path(api_version: str, kind: str, name: str, namespace: str | None) -> str:
+    collection = _COLLECTIONS.get((api_version, kind))
+    if collection is None:
+        raise InvalidInputError(f"apiVersion/kind: jobqueue does not write {api_version} {kind}")
+    if "{namespace}" in collection and not namespace:
+        raise InvalidInputError(f"metadata.namespace: a {kind} needs one")
+    return f"{collection.format(namespace=namespace)}/{name}"
+
+
+def _request(
+    api_client: kube_client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    body: Mapping[str, Any] | None = None,
+    query: list[tuple[str, str]] | None = None,
+    content_type: str = "application/json",
+) -> dict[str, Any]:
+    """One call to the API server, its JSON answer decoded; HTTP errors raised as ApiException.
+
+    The generated client decodes only the status codes its OpenAPI names (an apply that
+    creates answers 201 where PATCH documents 200), so the answer is read here.
+    """
+    serialized = api_client.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=query or [],
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        body=dict(body) if body is not None else None,
+        auth_settings=["BearerToken"],
+    )
+    response = api_client.call_api(*serialized)
+    data = response.read()
+    if not 200 <= response.status < 300:
+        raise kube_client.ApiException(
+            status=response.status, reason=response.reason, body=data.decode(errors="replace")
+        )
+    return cast(dict[str, Any], json.loads(data or b"{}"))
+
+
+def apply_object(api_client: kube_client.ApiClient, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Create or update a Deployment, HPA or peering object by server-side apply."""
+    metadata = manifest.get("metadata") or {}
+    api_version, kind = str(manifest.get("apiVersion")), str(manifest.get("kind"))
+    name, namespace = str(metadata.get("name") or ""), metadata.get("namespace")
+    path = _object_path(api_version, kind, name, namespace)
+    where = f"{namespace}/{name}" if namespace else name
+    with _kubernetes_errors(f"applying the {kind} {where}"):
+        return _request(
+            api_client,
+            "PATCH",
+            path,
+            body=manifest,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            content_type=_APPLY_PATCH,
+        )
+
+
+def delete_object(
+    api_client: kube_client.ApiClient,
+    api_version: str,
+    kind: str,
+    name: str,
+    namespace: str | None = None,
+) -> bool:
+    """Delete an object jobqueue wrote; False when it was not there."""
+    path = _object_path(api_version, kind, name, namespace)
+    try:
+        with _kubernetes_errors(f"deleting the {kind} {namespace}/{name}"):
+            _request(api_client, "DELETE", path)
+    except NotFoundError:
+        return False
+    return True
+
+
+def api_client_from_environment() -> kube_client.ApiClient:
+    """A client for the cluster this process runs in, else the one ``$KUBECONFIG`` names."""
+    configuration = kube_client.Configuration()
+    try:
+        kube_config.load_incluster_config(client_configuration=configuration)
+    except kube_config.ConfigException:
+        try:
+            kube_config.load_kube_config(client_configuration=configuration)
+        except (kube_config.ConfigException, OSError) as error:
+            raise PrerequisiteMissingError(
+                "no Kubernetes credentials: not in a pod, and no usable kubeconfig "
+                f"($KUBECONFIG or ~/.kube/config): {error}"
+            ) from error
+    return kube_client.ApiClient(configuration)
 
 
 def _read_documents(path: Path) -> Iterator[dict[str, Any]]:

@@ -40,6 +40,7 @@ from jobqueue.store.model import (
     StoreLimits,
     Submitted,
     SystemClock,
+    WorkerCounts,
     WorkerInfo,
     WorkerRecord,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "StoreLimits",
     "Submitted",
     "SystemClock",
+    "WorkerCounts",
     "WorkerInfo",
     "WorkerRecord",
     "apply_migrations",

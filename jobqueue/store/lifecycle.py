@@ -643,6 +643,10 @@ def validate_batch(
         policy = policies.get(job.queue)
         if policy is None:
             raise NotFoundError(f"{where}queue: unknown queue {job.queue!r}")
+        if policy.closed:
+            raise ConflictError(
+                f"{where}queue: queue {job.queue!r} is being deleted and accepts no new jobs"
+            )
         prepared.append(validate_new_job(job, policy, limits, now, where=where))
     return prepared
 

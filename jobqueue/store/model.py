@@ -163,6 +163,7 @@ class QueuePolicy:
     retention_failed_s: int = 604800  # dead-lettered and cancelled jobs
     allowed_kinds: frozenset[JobKind] = frozenset(JobKind)
     payload_limit_bytes: int = 262144
+    closed: bool = False  # being deleted: dispatch goes on, submits are refused
 
 
 # Jobs ---------------------------------------------------------------------------------
@@ -296,6 +297,16 @@ class WorkerRecord:
     state: str  # one of WORKER_STATES
     registered_at: datetime
     last_seen_at: datetime
+
+
+@dataclass(frozen=True)
+class WorkerCounts:
+    """Workers of one queue and pool heard from lately, and how many of them run a job."""
+
+    queue: str
+    pool: str
+    connected: int
+    busy: int
 
 
 @dataclass(frozen=True)

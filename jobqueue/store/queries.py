@@ -76,6 +76,25 @@ SET_QUEUE_PAUSED: LiteralString = """
 UPDATE queues SET paused = %(paused)s, updated_at = %(now)s WHERE name = %(name)s RETURNING *
 """
 
+# Close a queue to new jobs (it is being deleted) and resume it: a drain must run down
+# what the queue holds, which a paused queue would never do.
+CLOSE_QUEUE: LiteralString = """
+UPDATE queues SET closed = true, paused = false, updated_at = %(now)s
+WHERE name = %(name)s RETURNING *
+"""
+
+# Workers heard from since %(since)s, and how many of them run a job, per queue and pool.
+COUNT_WORKERS: LiteralString = """
+WITH busy AS (
+  SELECT DISTINCT worker_id FROM jobs
+  WHERE state IN ('assigned', 'running') AND worker_id IS NOT NULL
+)
+SELECT workers.queue, workers.pool, count(*) AS connected, count(busy.worker_id) AS busy
+FROM workers LEFT JOIN busy ON busy.worker_id = workers.id
+WHERE workers.state <> 'gone' AND workers.last_seen_at >= %(since)s
+GROUP BY workers.queue, workers.pool
+"""
+
 # How many unfinished jobs a queue has; no row for an unknown queue.
 COUNT_UNFINISHED: LiteralString = """
 SELECT (

@@ -67,6 +67,7 @@ from jobqueue.store.model import (
     StoreLimits,
     Submitted,
     SystemClock,
+    WorkerCounts,
     WorkerInfo,
     WorkerRecord,
 )
@@ -207,6 +208,17 @@ class JobStore:
         if row is None:
             raise NotFoundError(f"unknown queue {name!r}")
         logger.info("Queue %s %s.", name, "paused" if paused else "resumed", extra={"queue": name})
+        return _queue_from_row(row)
+
+    async def close_queue(self, name: str) -> QueuePolicy:
+        """Refuse new jobs on a queue from now on, and resume it: what it holds runs down."""
+        params = {"name": name, "now": self._clock.now()}
+        async with self._connection() as connection:
+            cursor = await connection.execute(queries.CLOSE_QUEUE, params)
+            row = await cursor.fetchone()
+        if row is None:
+            raise NotFoundError(f"unknown queue {name!r}")
+        logger.info("Queue %s closed to new jobs.", name, extra={"queue": name})
         return _queue_from_row(row)
 
     async def unfinished_count(self, name: str) -> int:
@@ -593,6 +605,17 @@ class JobStore:
             cursor = await connection.execute(queries.SELECT_WORKERS, {"queue": queue})
             return [_worker_from_row(row) for row in await cursor.fetchall()]
 
+    async def worker_counts(self, seen_within_s: float) -> list[WorkerCounts]:
+        """Per queue and pool: workers heard from in the last ``seen_within_s``, and busy ones."""
+        params = {"since": self._clock.now() - timedelta(seconds=seen_within_s)}
+        async with self._connection() as connection:
+            cursor = await connection.execute(queries.COUNT_WORKERS, params)
+            rows = await cursor.fetchall()
+        return [
+            WorkerCounts(row["queue"], row["pool"], int(row["connected"]), int(row["busy"]))
+            for row in rows
+        ]
+
     async def set_worker_state(self, worker_id: str, state: str) -> None:
         if state not in WORKER_STATES:
             raise InvalidInputError(
@@ -860,6 +883,7 @@ def _queue_from_row(row: DictRow) -> QueuePolicy:
         retention_failed_s=row["retention_failed_s"],
         allowed_kinds=frozenset(JobKind(kind) for kind in row["allowed_kinds"]),
         payload_limit_bytes=row["payload_limit_bytes"],
+        closed=row["closed"],
     )
 
 

@@ -1,16 +1,40 @@
-"""Entry point of ``jobqueue-worker``.
+"""Entry point of ``jobqueue-worker``: settings, handlers, health endpoint, signals, run.
 
-The worker runtime arrives with later work; for now the command describes itself and
-refuses to pretend it runs.
+Settings come from ``load_settings`` (the ``worker`` section of the file named by
+``--config`` or ``JQ_CONFIG``, then ``JQ_WORKER_*`` variables); flags override both.
+
+SIGTERM or SIGINT starts a drain with ``worker.drain_grace_s``; a second one stops what
+still runs at once. Kubernetes sends SIGTERM on scale-down and rollouts, so its
+``terminationGracePeriodSeconds`` should exceed the drain grace by the few seconds the
+last reports take.
+
+Exit codes: 0 after a drain or shutdown, or a dry run that reached the operator; 1 when
+a dry run cannot reach the operator or the operator refuses the worker for good; 2 for
+a wrong command line or configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import signal
 import sys
 from collections.abc import Sequence
 
-from jobqueue import __version__
+import grpc
+import grpc.aio
+
+from jobqueue import __version__, health, logs
+from jobqueue.config import WorkerSettings, load_settings
+from jobqueue.errors import ConfigError, InvalidInputError, PermanentError
+from jobqueue.worker.handlers import HandlerRegistry
+from jobqueue.worker.runtime import Worker, WorkerConfig, new_worker_id
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HTTP_ADDRESS = "0.0.0.0:9091"
+DRY_RUN_TIMEOUT_S = 3.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,15 +43,172 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connect to a jobqueue operator, run the jobs it pushes, report results.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="settings file (else $JQ_CONFIG)")
+    parser.add_argument(
+        "--operator",
+        metavar="HOST:PORT",
+        help="the operator's gRPC address (worker.operator_address)",
+    )
+    parser.add_argument("--queue", help="the queue to serve (worker.queue)")
+    parser.add_argument("--pool", help="the worker pool this worker belongs to (worker.pool)")
+    parser.add_argument(
+        "--concurrency", type=int, metavar="N", help="jobs run at once (worker.concurrency)"
+    )
+    parser.add_argument(
+        "--worker-id",
+        metavar="ID",
+        help="stable name of this worker, e.g. the pod name (default: <hostname>-<6 hex>)",
+    )
+    parser.add_argument(
+        "--handler",
+        action="append",
+        default=[],
+        metavar="MODULE:FUNCTION",
+        help="import and register a Python job handler (repeatable)",
+    )
+    parser.add_argument(
+        "--http-address",
+        metavar="HOST:PORT",
+        default=DEFAULT_HTTP_ADDRESS,
+        help=f"serve /healthz, /readyz and /metrics here (default {DEFAULT_HTTP_ADDRESS}; "
+        "'' turns it off)",
+    )
+    parser.add_argument(
+        "--log-format", choices=sorted(logs.FORMATS), help="log lines (logging.format)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check that the operator is reachable, print what would run, and exit",
+    )
     return parser
 
 
+def split_address(text: str, *, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` as a pair; a ``ConfigError`` naming ``what`` otherwise."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def worker_config(args: argparse.Namespace, settings: WorkerSettings) -> WorkerConfig:
+    """The worker's configuration: flags over settings; refuses what cannot run."""
+    queue = args.queue or settings.queue
+    if not queue:
+        raise ConfigError(
+            "no queue to serve: set worker.queue in the configuration (or JQ_WORKER_QUEUE), "
+            "or pass --queue"
+        )
+    concurrency = settings.concurrency if args.concurrency is None else args.concurrency
+    if concurrency < 1:
+        raise ConfigError(f"--concurrency: must be at least 1, got {concurrency}")
+    operator_address = args.operator or settings.operator_address
+    split_address(operator_address, what="--operator / worker.operator_address")
+    return WorkerConfig(
+        operator_address=operator_address,
+        queue=queue,
+        worker_id=args.worker_id or new_worker_id(),
+        pool=args.pool or settings.pool or "",
+        concurrency=concurrency,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        drain_grace_s=settings.drain_grace_s,
+    )
+
+
+def build_registry(names: Sequence[str]) -> HandlerRegistry:
+    registry = HandlerRegistry()
+    for name in names:
+        registry.import_and_register(name)
+    return registry
+
+
+async def operator_reachable(address: str, timeout_s: float) -> tuple[bool, str]:
+    """Whether a connection to ``address`` comes up, without registering anything."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            async with asyncio.timeout(timeout_s):
+                state = channel.get_state(try_to_connect=True)
+                while state is not grpc.ChannelConnectivity.READY:
+                    if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                        return False, "the connection failed (nothing listens there?)"
+                    await channel.wait_for_state_change(state)
+                    state = channel.get_state(try_to_connect=True)
+        except TimeoutError:
+            return False, f"no connection within {timeout_s:g} s"
+    return True, "reachable"
+
+
+async def dry_run(config: WorkerConfig, registry: HandlerRegistry) -> int:
+    reachable, detail = await operator_reachable(config.operator_address, DRY_RUN_TIMEOUT_S)
+    print(f"operator:    {config.operator_address} ({detail})")
+    print(f"worker id:   {config.worker_id}")
+    print(f"queue:       {config.queue}")
+    print(f"pool:        {config.pool or '-'}")
+    print(f"concurrency: {config.concurrency}")
+    print(f"handlers:    {', '.join(registry.names()) or '-'}")
+    if not reachable:
+        print(
+            f"jobqueue-worker: cannot reach the operator at {config.operator_address}: {detail}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+async def serve(config: WorkerConfig, registry: HandlerRegistry, http_address: str) -> None:
+    """Run the worker (and its health endpoint) until it has drained."""
+    worker = Worker(config, registry)
+    loop = asyncio.get_running_loop()
+
+    def on_signal(received: signal.Signals) -> None:
+        if worker.draining:
+            worker.shutdown(f"a second {received.name} arrived while draining")
+        else:
+            worker.drain(reason=f"received {received.name}")
+
+    async def registered() -> None:
+        if not worker.registered:
+            raise ConnectionError(f"not registered with the operator at {config.operator_address}")
+
+    for received in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(received, on_signal, received)
+    runner = None
+    try:
+        if http_address:
+            host, port = split_address(http_address, what="--http-address")
+            checks = [health.Check("operator", registered, critical=True)]
+            runner = await health.serve(checks, host, port)
+        await worker.run()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        for received in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(received)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    print("\njobqueue-worker: the worker is not implemented yet.", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        config = worker_config(args, settings.worker)
+        if args.http_address:
+            split_address(args.http_address, what="--http-address")
+        registry = build_registry(args.handler)
+    except InvalidInputError as error:
+        print(f"jobqueue-worker: {error}", file=sys.stderr)
+        return 2
+
+    log_format = args.log_format or settings.logging.format
+    logs.configure(settings.logging.level, format=log_format)
+    if args.dry_run:
+        return asyncio.run(dry_run(config, registry))
+    try:
+        asyncio.run(serve(config, registry, args.http_address))
+    except PermanentError as error:
+        logger.error("The worker stops: %s", error)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,254 @@
+"""The operator process: every part started in one event loop, stopped in reverse order.
+
+``run_operator`` opens the store (PostgreSQL is required: without it nothing can be
+accepted), then the parts that may be degraded without stopping the queue: Redis
+(wake-ups and rate-limit tokens; dispatch falls back to polling and to local buckets) and
+the outbox relay to Kafka (events wait in PostgreSQL while the broker is away). Then it
+serves gRPC, runs the scheduler and, unless told not to, the kopf reconcilers.
+
+Shutdown (SIGTERM): stop accepting calls (gRPC grace period), stop dispatching, let
+the relay finish its batch, close the connections. Workers see their streams end and
+reconnect to another replica; their leases carry their running jobs across.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc.aio
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from psycopg.conninfo import make_conninfo
+
+from jobqueue.api.v1 import admin_pb2_grpc, jobs_pb2_grpc, workers_pb2_grpc
+from jobqueue.config import Settings
+from jobqueue.errors import ConfigError, UnavailableError
+from jobqueue.events import OutboxRelay
+from jobqueue.health import Check, Report, run_checks, serve
+from jobqueue.operator.dispatch import Scheduler, SchedulerSettings
+from jobqueue.operator.monitor import QueueMonitor
+from jobqueue.operator.reconcile import Context, run_reconcilers
+from jobqueue.operator.services import AdminService, HeartbeatSink, JobService, WorkerService
+from jobqueue.resources import api_client_from_environment
+from jobqueue.state import LocalTokenBucket, RedisState
+from jobqueue.store import JobStore, apply_migrations
+
+logger = logging.getLogger(__name__)
+
+# Seconds running calls get to finish when the gRPC server stops.
+GRPC_STOP_GRACE_S = 5.0
+
+
+def operator_id() -> str:
+    """This replica's name: the pod's name in Kubernetes, else host and process id."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def database_dsn(settings: Settings) -> str:
+    """The libpq connection string: the URL, with the password and options merged in."""
+    database = settings.database
+    if not database.url:
+        raise ConfigError("database.url: must be set (JQ_DATABASE_URL)")
+    options: dict[str, str | int] = {"connect_timeout": max(1, round(database.connect_timeout_s))}
+    if database.password:
+        options["password"] = database.password
+    if database.sslmode:
+        options["sslmode"] = database.sslmode
+    return make_conninfo(database.url, **options)
+
+
+def split_address(address: str, what: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{what}: must be HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+@dataclass
+class Parts:
+    """The running parts, for tests and the dry run."""
+
+    store: JobStore
+    scheduler: Scheduler
+    grpc_port: int
+    state: RedisState | None
+    monitor: QueueMonitor
+    reconciling: asyncio.Event  # set once kopf watches the resources (never without kopf)
+
+
+async def _open_state(settings: Settings) -> RedisState | None:
+    if not settings.redis.url:
+        logger.warning("No Redis configured: dispatch polls and rate limits are per replica.")
+        return None
+    return await RedisState.open(
+        settings.redis.url,
+        key_prefix=settings.redis.key_prefix,
+        socket_timeout_s=settings.redis.socket_timeout_s,
+    )
+
+
+def _checks(store: JobStore, state: RedisState | None, settings: Settings) -> list[Check]:
+    checks = [Check("postgresql", store.check, critical=True)]
+    if state is not None:
+        checks.append(Check("redis", state.ping, critical=False))
+    if settings.kafka.bootstrap_servers:
+        servers = settings.kafka.bootstrap_servers
+
+        async def kafka() -> None:
+            await asyncio.to_thread(kafka_metadata, servers)
+
+        checks.append(Check("kafka", kafka, critical=False))
+    return checks
+
+
+def kafka_metadata(bootstrap_servers: str, timeout_s: float = 2.0) -> None:
+    """Ask the cluster for its metadata: the cheapest call that proves a broker answers."""
+    try:
+        AdminClient({"bootstrap.servers": bootstrap_servers}).list_topics(timeout=timeout_s)
+    except KafkaException as error:
+        raise UnavailableError(f"Kafka at {bootstrap_servers} does not answer: {error}") from error
+
+
+@contextlib.asynccontextmanager
+async def running_operator(
+    settings: Settings, *, migrate: bool = True, with_kopf: bool = False
+) -> AsyncIterator[Parts]:
+    """Everything the operator runs, started; stopped when the block ends."""
+    dsn = database_dsn(settings)
+    if migrate:
+        await asyncio.to_thread(apply_migrations, dsn)
+    stop = asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        store = await JobStore.open(
+            dsn, min_size=settings.database.pool_min_size, max_size=settings.database.pool_max_size
+        )
+        stack.push_async_callback(store.close)
+        state = await _open_state(settings)
+        if state is not None:
+            stack.push_async_callback(state.close)
+
+        scheduler = _scheduler(store, state, settings)
+        checks = _checks(store, state, settings)
+
+        async def probe() -> Report:
+            return await run_checks(checks)
+
+        server, port = await _start_grpc(store, scheduler, state, probe, settings)
+        stack.push_async_callback(server.stop, GRPC_STOP_GRACE_S)
+
+        monitor = QueueMonitor(
+            store,
+            interval_s=settings.operator.status_interval_s,
+            worker_seen_within_s=settings.operator.lease_s,
+        )
+        reconciling = asyncio.Event()
+        tasks = _background_tasks(scheduler, state, settings, dsn=dsn, stop=stop)
+        tasks.append(asyncio.create_task(monitor.run(stop), name="queue-monitor"))
+        if with_kopf:
+            api = api_client_from_environment()
+            stack.callback(api.close)
+            context = Context(store, api, monitor, settings, scheduler)
+            reconcilers = run_reconcilers(context, stop, reconciling)
+            tasks.append(asyncio.create_task(reconcilers, name="reconcilers"))
+        stack.push_async_callback(_stop_tasks, tasks, stop)
+
+        if settings.operator.http_address:
+            host, http_port = split_address(settings.operator.http_address, "operator.http_address")
+            runner = await serve(checks, host, http_port)
+            stack.push_async_callback(runner.cleanup)
+
+        logger.info("Operator %s serving gRPC on port %d.", scheduler.operator_id, port)
+        yield Parts(store, scheduler, port, state, monitor, reconciling)
+
+
+def _scheduler(store: JobStore, state: RedisState | None, settings: Settings) -> Scheduler:
+    scheduler_settings = SchedulerSettings(
+        lease_s=settings.operator.lease_s,
+        poll_interval_s=settings.operator.poll_interval_s,
+        heartbeat_interval_s=min(5.0, settings.operator.lease_s / 3),
+    )
+    return Scheduler(
+        store,
+        operator_id=operator_id(),
+        settings=scheduler_settings,
+        tokens=state,
+        fallback_tokens=LocalTokenBucket(),
+        wakeup_bus=state,
+    )
+
+
+async def _start_grpc(
+    store: JobStore,
+    scheduler: Scheduler,
+    state: RedisState | None,
+    probe: Callable[[], Awaitable[Report]],
+    settings: Settings,
+) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    heartbeats = HeartbeatSink(state, ttl_s=scheduler.settings.lease_s) if state else None
+    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobService(store, scheduler), server)
+    workers_pb2_grpc.add_WorkerServiceServicer_to_server(
+        WorkerService(scheduler, heartbeats), server
+    )
+    admin = AdminService(store, scheduler, probe, drain_grace_s=settings.worker.drain_grace_s)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+    # TODO: TLS and authentication arrive with the security work; until then the API is
+    # plaintext and open to anyone who can reach the port.
+    port = server.add_insecure_port(settings.operator.grpc_address)
+    if port == 0:
+        raise ConfigError(
+            f"operator.grpc_address: cannot listen on {settings.operator.grpc_address}"
+        )
+    await server.start()
+    return server, port
+
+
+def _background_tasks(
+    scheduler: Scheduler,
+    state: RedisState | None,
+    settings: Settings,
+    *,
+    dsn: str,
+    stop: asyncio.Event,
+) -> list[asyncio.Task[None]]:
+    tasks = [asyncio.create_task(scheduler.run(stop), name="scheduler")]
+    if state is not None:
+        tasks.append(asyncio.create_task(_follow_wakeups(scheduler, state, stop), name="wakeups"))
+    if settings.kafka.bootstrap_servers:
+        relay = OutboxRelay(dsn, settings.kafka)
+        tasks.append(asyncio.create_task(relay.run(stop), name="outbox-relay"))
+    else:
+        logger.warning("No Kafka configured: job events stay in PostgreSQL, unpublished.")
+    return tasks
+
+
+async def _follow_wakeups(scheduler: Scheduler, state: RedisState, stop: asyncio.Event) -> None:
+    """Wake the scheduler when another replica announces work; reconnect after outages."""
+    delay_s = 0.1
+    while not stop.is_set():
+        try:
+            async for queue in state.wakeups():
+                scheduler.wake(queue)
+                delay_s = 0.1
+        except UnavailableError as error:
+            logger.debug("Wake-up subscription lost (%s); polling meanwhile.", error)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay_s):
+                await stop.wait()
+        delay_s = min(5.0, delay_s * 2)
+
+
+async def _stop_tasks(tasks: list[asyncio.Task[None]], stop: asyncio.Event) -> None:
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, Exception):
+            logger.error("Task %s failed while stopping.", task.get_name(), exc_info=result)

@@ -1,0 +1,334 @@
+"""The operator's gRPC services: JobService, WorkerService and AdminService.
+
+Each method is a thin adapter: translate the request (``convert``), call the store or the
+scheduler, translate the answer. Errors are the project's own and become status codes in
+``rpc.handled``. Everything a method needs is passed in at construction, so tests build
+the services on a real store without the rest of the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc.aio
+
+from jobqueue import __version__, metrics
+from jobqueue.api.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    workers_pb2,
+    workers_pb2_grpc,
+)
+from jobqueue.errors import InvalidInputError, UnavailableError
+from jobqueue.health import Health, Report
+from jobqueue.operator import convert
+from jobqueue.operator.dispatch import Scheduler
+from jobqueue.operator.rpc import handled, handled_stream
+from jobqueue.store import TERMINAL_STATES, AttemptRef, JobStore, WorkerInfo
+
+logger = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# Largest batch one SubmitBatch may carry; the store refuses more too.
+MAX_BATCH = 1000
+# A page of List holds at most this many jobs.
+MAX_PAGE_SIZE = 500
+# Watch re-reads a job this often when no local change woke it (another replica's work).
+WATCH_POLL_S = 0.5  # seconds
+
+
+class JobService(jobs_pb2_grpc.JobServiceServicer):
+    def __init__(self, store: JobStore, scheduler: Scheduler) -> None:
+        self.store = store
+        self.scheduler = scheduler
+
+    @handled
+    async def Submit(self, request: jobs_pb2.SubmitRequest, context: Context) -> Any:
+        submitted = await self.store.submit(convert.new_job(request.job))
+        if submitted.created:
+            metrics.JOBS_SUBMITTED.labels(submitted.job.queue).inc()
+            await self.scheduler.announce([submitted.job.queue])
+        return jobs_pb2.SubmitResponse(
+            job=convert.job_to_proto(submitted.job), created=submitted.created
+        )
+
+    @handled
+    async def SubmitBatch(self, request: jobs_pb2.SubmitBatchRequest, context: Context) -> Any:
+        if len(request.jobs) > MAX_BATCH:
+            raise InvalidInputError(f"jobs: at most {MAX_BATCH} per batch, got {len(request.jobs)}")
+        new_jobs = []
+        for index, spec in enumerate(request.jobs):
+            try:
+                new_jobs.append(convert.new_job(spec))
+            except InvalidInputError as error:
+                raise InvalidInputError(f"jobs[{index}]: {error}") from error
+        submitted = await self.store.submit_batch(new_jobs)
+
+        created = [item.job.queue for item in submitted if item.created]
+        for queue in created:
+            metrics.JOBS_SUBMITTED.labels(queue).inc()
+        await self.scheduler.announce(created)
+        return jobs_pb2.SubmitBatchResponse(
+            results=[
+                jobs_pb2.SubmitResponse(job=convert.job_to_proto(item.job), created=item.created)
+                for item in submitted
+            ]
+        )
+
+    @handled
+    async def Get(self, request: jobs_pb2.GetJobRequest, context: Context) -> Any:
+        return convert.job_to_proto(await self.store.get(request.id))
+
+    @handled
+    async def List(self, request: jobs_pb2.ListJobsRequest, context: Context) -> Any:
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise InvalidInputError(
+                f"page_size: must be 0..{MAX_PAGE_SIZE}, got {request.page_size}"
+            )
+        jobs, next_token = await self.store.list_jobs(
+            queue=request.queue or None,
+            states=convert.states_from_proto(request.states),
+            labels=dict(request.labels),
+            limit=request.page_size or 100,
+            page_token=request.page_token or None,
+        )
+        return jobs_pb2.ListJobsResponse(
+            jobs=[convert.job_to_proto(job) for job in jobs], next_page_token=next_token or ""
+        )
+
+    @handled
+    async def Cancel(self, request: jobs_pb2.CancelJobRequest, context: Context) -> Any:
+        cancelled = await self.store.cancel(request.id, request.reason)
+        job = cancelled.job
+        if cancelled.worker_id:
+            # The attempt that was running is the job's current one.
+            stopped = [AttemptRef(job.id, job.attempt)]
+            self.scheduler.tell_to_stop(cancelled.worker_id, stopped, request.reason or "cancelled")
+        self.scheduler.notify_changed([job.id])
+        return convert.job_to_proto(job)
+
+    @handled
+    async def Retry(self, request: jobs_pb2.RetryJobRequest, context: Context) -> Any:
+        job = await self.store.retry(request.id)
+        await self.scheduler.announce([job.queue])
+        self.scheduler.notify_changed([job.id])
+        return convert.job_to_proto(job)
+
+    @handled
+    async def Events(self, request: jobs_pb2.JobEventsRequest, context: Context) -> Any:
+        events = await self.store.events(request.id)
+        return jobs_pb2.JobEventsResponse(events=[convert.event_to_proto(e) for e in events])
+
+    @handled_stream
+    async def Watch(
+        self, request: jobs_pb2.WatchJobRequest, context: Context
+    ) -> AsyncIterator[jobs_pb2.Job]:
+        with self.scheduler.watching(request.id) as changed:
+            last_seen: tuple[object, ...] = ()
+            while True:
+                changed.clear()
+                job = await self.store.get(request.id)
+                seen = (job.state, job.attempt, job.updated_at)
+                if seen != last_seen:
+                    last_seen = seen
+                    yield convert.job_to_proto(job)
+                if job.state in TERMINAL_STATES:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(WATCH_POLL_S):
+                        await changed.wait()
+
+
+class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
+    def __init__(self, scheduler: Scheduler, heartbeats: HeartbeatSink | None = None) -> None:
+        self.scheduler = scheduler
+        self.heartbeats = heartbeats
+
+    @handled
+    async def Register(self, request: workers_pb2.RegisterRequest, context: Context) -> Any:
+        if not request.worker_id or not request.queue:
+            raise InvalidInputError("worker_id and queue: both must be set")
+        if request.concurrency < 1:
+            raise InvalidInputError(f"concurrency: must be at least 1, got {request.concurrency}")
+        info = WorkerInfo(
+            id=request.worker_id,
+            queue=request.queue,
+            pool=request.pool,
+            hostname=request.hostname,
+            concurrency=request.concurrency,
+            handlers=tuple(request.handlers),
+            operator_id=self.scheduler.operator_id,
+        )
+        await self.scheduler.store.get_queue(request.queue)  # NOT_FOUND for an unknown queue
+        await self.scheduler.register(info, convert.attempt_refs(request.running))
+        settings = self.scheduler.settings
+        return workers_pb2.RegisterResponse(
+            heartbeat_interval=convert.duration(settings.heartbeat_interval_s),
+            lease=convert.duration(settings.lease_s),
+            operator_id=self.scheduler.operator_id,
+        )
+
+    @handled_stream
+    async def Stream(
+        self, request: workers_pb2.StreamRequest, context: Context
+    ) -> AsyncIterator[workers_pb2.WorkerCommand]:
+        async for command in self.scheduler.stream(request.worker_id):
+            yield command
+
+    @handled
+    async def Started(self, request: workers_pb2.StartedRequest, context: Context) -> Any:
+        attempts = convert.attempt_refs(request.jobs)
+        outcomes = await self.scheduler.started(request.worker_id, attempts)
+        return workers_pb2.StartedResponse(outcomes=[_outcome(o) for o in outcomes])
+
+    @handled
+    async def Result(self, request: workers_pb2.ResultRequest, context: Context) -> Any:
+        results = [convert.attempt_result(result) for result in request.results]
+        outcomes = await self.scheduler.results(request.worker_id, results)
+        return workers_pb2.ResultResponse(outcomes=[_outcome(o) for o in outcomes])
+
+    @handled
+    async def Heartbeat(self, request: workers_pb2.HeartbeatRequest, context: Context) -> Any:
+        running = convert.attempt_refs(request.running)
+        stop = await self.scheduler.heartbeat(request.worker_id, running)
+        if self.heartbeats is not None:
+            await self.heartbeats.record(request.worker_id, len(running), request.free_slots)
+        jobs = [workers_pb2.JobAttempt(job_id=a.job_id, attempt=a.attempt) for a in stop]
+        return workers_pb2.HeartbeatResponse(stop=jobs)
+
+    @handled
+    async def Deregister(self, request: workers_pb2.DeregisterRequest, context: Context) -> Any:
+        await self.scheduler.deregister(request.worker_id, request.reason)
+        return workers_pb2.DeregisterResponse()
+
+
+class HeartbeatSink:
+    """Records worker heartbeats in Redis for other replicas; an outage only loses detail."""
+
+    def __init__(self, state: Any, ttl_s: float) -> None:
+        self.state = state
+        self.ttl_s = ttl_s
+
+    async def record(self, worker_id: str, busy: int, free_slots: int) -> None:
+        try:
+            await self.state.heartbeat(worker_id, self.ttl_s, {"busy": busy, "free": free_slots})
+        except UnavailableError:
+            logger.debug("Heartbeat of %s not recorded in Redis.", worker_id)
+
+
+def _outcome(outcome: Any) -> workers_pb2.ReportOutcome:
+    return workers_pb2.ReportOutcome(
+        job=workers_pb2.JobAttempt(job_id=outcome.job_id, attempt=outcome.attempt),
+        accepted=outcome.accepted,
+        reason=outcome.reason,
+    )
+
+
+StatusProbe = Callable[[], Awaitable[Report]]
+
+_HEALTH = {
+    Health.OK: admin_pb2.HEALTH_OK,
+    Health.DEGRADED: admin_pb2.HEALTH_DEGRADED,
+    Health.DOWN: admin_pb2.HEALTH_DOWN,
+}
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(
+        self, store: JobStore, scheduler: Scheduler, probe: StatusProbe, drain_grace_s: float
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.probe = probe
+        self.drain_grace_s = drain_grace_s
+
+    async def _stats(self, names: list[str] | None) -> dict[str, admin_pb2.QueueStats]:
+        stats = await self.store.queue_stats(names)
+        return {
+            name: convert.queue_stats_to_proto(item, self.scheduler.connected_workers(name))
+            for name, item in stats.items()
+        }
+
+    @handled
+    async def ListQueues(self, request: admin_pb2.ListQueuesRequest, context: Context) -> Any:
+        policies = await self.store.list_queues()
+        stats = await self._stats([policy.name for policy in policies])
+        queues = [convert.queue_to_proto(p, stats.get(p.name)) for p in policies]
+        return admin_pb2.ListQueuesResponse(queues=queues)
+
+    @handled
+    async def GetQueueStats(self, request: admin_pb2.GetQueueStatsRequest, context: Context) -> Any:
+        await self.store.get_queue(request.queue)  # NOT_FOUND for an unknown queue
+        return (await self._stats([request.queue]))[request.queue]
+
+    @handled
+    async def PauseQueue(self, request: admin_pb2.PauseQueueRequest, context: Context) -> Any:
+        policy = await self.store.set_paused(request.queue, True)
+        self.scheduler.forget_policies()
+        return convert.queue_to_proto(policy, None)
+
+    @handled
+    async def ResumeQueue(self, request: admin_pb2.ResumeQueueRequest, context: Context) -> Any:
+        policy = await self.store.set_paused(request.queue, False)
+        self.scheduler.forget_policies()
+        await self.scheduler.announce([request.queue])
+        return convert.queue_to_proto(policy, None)
+
+    @handled
+    async def ListWorkers(self, request: admin_pb2.ListWorkersRequest, context: Context) -> Any:
+        records = await self.store.list_workers(request.queue or None)
+        workers = [
+            convert.worker_to_proto(record, self.scheduler.busy_slots(record.info.id))
+            for record in records
+        ]
+        return admin_pb2.ListWorkersResponse(workers=workers)
+
+    @handled
+    async def DrainWorker(self, request: admin_pb2.DrainWorkerRequest, context: Context) -> Any:
+        return await self._stop_worker(request.worker_id, shutdown=False, reason="drain requested")
+
+    @handled
+    async def ShutdownWorker(
+        self, request: admin_pb2.ShutdownWorkerRequest, context: Context
+    ) -> Any:
+        reason = request.reason or "shutdown requested"
+        return await self._stop_worker(request.worker_id, shutdown=True, reason=reason)
+
+    async def _stop_worker(self, worker_id: str, *, shutdown: bool, reason: str) -> Any:
+        # The workers table carries the request to whichever replica holds the worker's
+        # stream; the replica that holds it acts at once.
+        await self.store.set_worker_state(worker_id, "draining")
+        if worker_id in self.scheduler.sessions:
+            if shutdown:
+                self.scheduler.shutdown(worker_id, reason)
+            else:
+                self.scheduler.drain(worker_id, self.drain_grace_s)
+        records = await self.store.list_workers()
+        record = next(r for r in records if r.info.id == worker_id)
+        return convert.worker_to_proto(record, self.scheduler.busy_slots(worker_id))
+
+    @handled
+    async def SystemStatus(self, request: admin_pb2.SystemStatusRequest, context: Context) -> Any:
+        report = await self.probe()
+        dependencies = [
+            admin_pb2.DependencyStatus(
+                name=result.name,
+                health=_HEALTH[result.health],
+                message=result.message,
+                latency=convert.duration(result.latency_s),
+            )
+            for result in report.results
+        ]
+        return admin_pb2.SystemStatusResponse(
+            health=_HEALTH[report.health],
+            dependencies=dependencies,
+            operator_id=self.scheduler.operator_id,
+            version=__version__,
+        )

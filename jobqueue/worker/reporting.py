@@ -1,0 +1,214 @@
+"""Reports to the operator, batched by the traffic itself: ``Started`` and ``Result``.
+
+One ``Reporter`` per kind of report keeps at most one call in flight. Whatever is
+submitted while a call is under way waits, and goes as the next batch the moment the
+call returns: an idle worker reports each item at once, a busy one sends many per round
+trip, and no timer adds latency to either.
+
+An item stays with the reporter until the operator has answered for it. The answer is
+final either way: accepted, or refused as stale (the job was cancelled or given to
+another worker), which is logged and dropped. A call that fails for a reason that may
+pass (the operator restarting) puts its batch back at the front, tells the ``Link`` the
+session is lost, and waits for the worker to register again before resending: no report
+is lost, and since the operator refuses a second report of the same attempt as stale,
+none is recorded twice.
+
+An item may wait for another report to be answered first (``after``): a result is sent
+only once its attempt's ``Started`` was answered, so the operator never sees the end of
+an attempt before its start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import grpc.aio
+from google.protobuf.message import Message
+
+from jobqueue.api.v1 import workers_pb2
+from jobqueue.logs import job_fields
+from jobqueue.worker.connection import Link, Session, describe, is_temporary
+
+logger = logging.getLogger(__name__)
+
+Item = TypeVar("Item", bound=Message)
+AttemptKey = tuple[str, int]  # (job_id, attempt)
+
+# A batch stays well under gRPC's default 4 MiB message limit on the operator's side,
+# even with a full 1 MiB of command output in one result.
+MAX_BATCH_BYTES = 2 * 1024 * 1024
+MAX_BATCH_ITEMS = 500
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The operator's final word on one reported item."""
+
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class _Entry(Generic[Item]):
+    item: Item
+    key: AttemptKey
+    answer: asyncio.Future[Answer]
+    after: asyncio.Future[Any] | None
+
+    def ready(self) -> bool:
+        return self.after is None or self.after.done()
+
+
+SendBatch = Callable[[list[Item]], Awaitable[Sequence[workers_pb2.ReportOutcome]]]
+
+
+class Reporter(Generic[Item]):
+    """Sends one kind of report in batches; see the module docstring."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        queue: str,
+        link: Link,
+        send: SendBatch[Item],
+        key: Callable[[Item], AttemptKey],
+        max_batch_items: int = MAX_BATCH_ITEMS,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
+        self.kind = kind
+        self._queue = queue
+        self._link = link
+        self._send = send
+        self._key = key
+        self._max_batch_items = max_batch_items
+        self._max_batch_bytes = max_batch_bytes
+        self._waiting: list[_Entry[Item]] = []
+        self._in_flight: list[_Entry[Item]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.calls = 0  # calls made, for tests and debugging
+
+    def submit(
+        self, item: Item, *, after: asyncio.Future[Any] | None = None
+    ) -> asyncio.Future[Answer]:
+        """Queue ``item``; the returned future holds the operator's answer for it."""
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Entry(item, self._key(item), answer, after))
+        if after is not None and not after.done():
+            after.add_done_callback(lambda _: self._wake.set())
+        self._idle.clear()
+        self._wake.set()
+        return answer
+
+    def unanswered(self) -> list[AttemptKey]:
+        """The attempts whose report the operator has not answered yet."""
+        return [entry.key for entry in (*self._in_flight, *self._waiting)]
+
+    async def flushed(self) -> None:
+        """Wait until every submitted item has been answered."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        """The sender loop; runs until cancelled."""
+        while True:
+            await self._wake.wait()
+            session = await self._link.online()
+            batch = self._take_batch()
+            if not batch:
+                # Everything left waits for an earlier report; its answer wakes us.
+                self._wake.clear()
+                continue
+            await self._send_batch(session, batch)
+
+    def _take_batch(self) -> list[_Entry[Item]]:
+        batch: list[_Entry[Item]] = []
+        size = 0
+        for entry in self._waiting:
+            if not entry.ready():
+                continue
+            size += entry.item.ByteSize()
+            if batch and (size > self._max_batch_bytes or len(batch) >= self._max_batch_items):
+                break
+            batch.append(entry)
+        taken = {id(entry) for entry in batch}
+        self._waiting = [entry for entry in self._waiting if id(entry) not in taken]
+        return batch
+
+    async def _send_batch(self, session: Session, batch: list[_Entry[Item]]) -> None:
+        self._in_flight = batch
+        self.calls += 1
+        try:
+            outcomes = await self._send([entry.item for entry in batch])
+        except asyncio.CancelledError:
+            self._waiting[:0] = batch
+            raise
+        except grpc.aio.AioRpcError as error:
+            if is_temporary(error):
+                # Back at the front, in order: resent first once the worker is registered.
+                self._waiting[:0] = batch
+                self._link.lose(session, f"{self.kind} call failed ({describe(error)})")
+            else:
+                logger.error(
+                    "The operator refused a %s call of %d report(s) for good (%s); they are "
+                    "dropped and their jobs will be settled when their leases expire",
+                    self.kind, len(batch), describe(error),
+                )  # fmt: skip
+                self._settle(batch, {}, default=Answer(False, describe(error)))
+        else:
+            self._settle(batch, _match(batch, outcomes), default=None)
+        finally:
+            self._in_flight = []
+            if not self._waiting:
+                self._idle.set()
+
+    def _settle(
+        self,
+        batch: list[_Entry[Item]],
+        answers: dict[AttemptKey, Answer],
+        *,
+        default: Answer | None,
+    ) -> None:
+        for entry in batch:
+            answer = answers.get(entry.key, default)
+            if answer is None:
+                # Not resent: an operator that skips an item would skip it again.
+                logger.warning(
+                    "The operator did not answer for the %s report of attempt %d",
+                    self.kind, entry.key[1],
+                    extra=job_fields(entry.key[0], self._queue),
+                )  # fmt: skip
+                answer = Answer(False, "the operator did not answer for this report")
+            elif not answer.accepted:
+                logger.debug(
+                    "The operator refused the %s report of attempt %d: %s",
+                    self.kind, entry.key[1], answer.reason or "no reason given",
+                    extra=job_fields(entry.key[0], self._queue),
+                )  # fmt: skip
+            if not entry.answer.done():
+                entry.answer.set_result(answer)
+
+
+def _match(
+    batch: Sequence[_Entry[Any]], outcomes: Sequence[workers_pb2.ReportOutcome]
+) -> dict[AttemptKey, Answer]:
+    """Each reported attempt's answer: by the attempt an outcome names, else by position.
+
+    workers.proto promises one outcome per item in request order, each naming its
+    attempt; naming is what counts, position only fills in for an outcome that names none.
+    """
+    answers: dict[AttemptKey, Answer] = {}
+    for position, outcome in enumerate(outcomes):
+        if outcome.job.job_id:
+            key = (outcome.job.job_id, outcome.job.attempt)
+        elif position < len(batch):
+            key = batch[position].key
+        else:
+            continue
+        answers[key] = Answer(outcome.accepted, outcome.reason)
+    return answers

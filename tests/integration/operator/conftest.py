@@ -1,0 +1,159 @@
+"""An operator (in the test's event loop) and worker processes, on the real servers.
+
+The operator runs in-process through ``running_operator`` (gRPC on a loopback port,
+PostgreSQL, Redis and Kafka from the session's environment; no kopf: these tests are
+about dispatch). Workers are real ``jobqueue-worker`` processes, so killing one with
+SIGKILL is what it says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from jobqueue.client import AsyncClient
+from jobqueue.config import Settings, load_settings
+from jobqueue.devenv.processes import free_port
+from jobqueue.operator.app import Parts, running_operator
+from jobqueue.store import Backoff, JobStore, QueuePolicy
+from tests.conftest import KafkaTarget
+from tests.polling import eventually
+
+REPOSITORY = Path(__file__).resolve().parents[3]
+HANDLERS = "tests.integration.operator.handlers"
+QUEUE = "work"
+
+
+def operator_settings(
+    database_url: str, redis_url: str, kafka: KafkaTarget, grpc_port: int, lease_s: float = 3.0
+) -> Settings:
+    return load_settings(
+        None,
+        environ={
+            "JQ_DATABASE_URL": database_url,
+            "JQ_REDIS_URL": redis_url,
+            "JQ_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "JQ_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+            "JQ_OPERATOR_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+            "JQ_OPERATOR_HTTP_ADDRESS": "",
+            "JQ_OPERATOR_LEASE_S": str(lease_s),
+            "JQ_OPERATOR_POLL_INTERVAL_S": "0.2",
+        },
+    )
+
+
+async def create_queue(store: JobStore, name: str = QUEUE, **policy: object) -> None:
+    defaults: dict[str, object] = {
+        "max_attempts": 3,
+        "backoff": Backoff(initial_s=0.05, multiplier=1.0, max_s=0.05, jitter=0.0),
+    }
+    await store.apply_queue(QueuePolicy(name=name, **{**defaults, **policy}))  # type: ignore[arg-type]
+
+
+@dataclass
+class Workers:
+    """Worker processes started by a test; all are killed when it ends."""
+
+    log_dir: Path
+    processes: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    async def start(
+        self,
+        port: int,
+        *,
+        queue: str = QUEUE,
+        concurrency: int = 4,
+        drain_grace_s: float = 10.0,
+        extra: Sequence[str] = (),
+    ) -> asyncio.subprocess.Process:
+        index = len(self.processes)
+        log = (self.log_dir / f"worker-{index}.log").open("wb")
+        environment = {
+            **os.environ,
+            "PYTHONPATH": str(REPOSITORY),
+            "JQ_WORKER_DRAIN_GRACE_S": str(drain_grace_s),
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "jobqueue.worker.main",
+            "--operator",
+            f"127.0.0.1:{port}",
+            "--queue",
+            queue,
+            "--concurrency",
+            str(concurrency),
+            "--worker-id",
+            f"worker-{index}",
+            "--http-address",
+            "",
+            "--log-format",
+            "text",
+            "--handler",
+            f"{HANDLERS}:add",
+            "--handler",
+            f"{HANDLERS}:fail",
+            "--handler",
+            f"{HANDLERS}:wait_forever",
+            *extra,
+            cwd=REPOSITORY,
+            env=environment,
+            stdout=log,
+            stderr=log,
+        )
+        self.processes.append(process)
+        return process
+
+    def kill_all(self) -> None:
+        for process in self.processes:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGKILL)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    started = Workers(tmp_path)
+    yield started
+    started.kill_all()
+
+
+@dataclass
+class Operator:
+    settings: Settings
+    port: int
+    parts: Parts
+    client: AsyncClient
+
+
+@contextlib.asynccontextmanager
+async def operator_running(settings: Settings) -> AsyncIterator[Operator]:
+    port = int(settings.operator.grpc_address.rpartition(":")[2])
+    async with (
+        running_operator(settings, migrate=False) as parts,
+        AsyncClient(f"127.0.0.1:{port}", plaintext=True, timeout_s=10) as client,
+    ):
+        yield Operator(settings, port, parts, client)
+
+
+@pytest.fixture
+async def operator(
+    database_url: str, redis_url: str, kafka: KafkaTarget
+) -> AsyncIterator[Operator]:
+    settings = operator_settings(database_url, redis_url, kafka, free_port())
+    async with operator_running(settings) as running:
+        await create_queue(running.parts.store)
+        yield running
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
+    """Poll an async predicate until it holds; for state with no event to await."""
+    await eventually(condition, timeout_s)
