@@ -54,13 +54,25 @@ app.kubernetes.io/part-of: jobqueue
 
 {{/*
 The settings file. The listen addresses come from `ports`, so the container's ports, the
-probes and the Service always agree with what the operator binds.
+probes and the Service always agree with what the operator binds; the address workers are
+given defaults to this release's Service.
 */}}
 {{- define "jobqueue.settings" -}}
-{{- $listen := dict "grpc_address" (printf "0.0.0.0:%d" (int .Values.ports.grpc)) "http_address" (printf "0.0.0.0:%d" (int .Values.ports.http)) -}}
-{{- $operator := merge (deepCopy $listen) (deepCopy (default dict .Values.config.operator)) -}}
+{{- $grpc := int .Values.ports.grpc -}}
+{{- $derived := dict
+  "grpc_address" (printf "0.0.0.0:%d" $grpc)
+  "http_address" (printf "0.0.0.0:%d" (int .Values.ports.http))
+  "service_address" (printf "%s.%s.svc:%d" (include "jobqueue.fullname" .) .Release.Namespace $grpc)
+-}}
+{{- $operator := mergeOverwrite (deepCopy $derived) (deepCopy (default dict .Values.config.operator)) -}}
+{{- $_ := set $operator "grpc_address" (get $derived "grpc_address") -}}
+{{- $_ := set $operator "http_address" (get $derived "http_address") -}}
 {{- $settings := merge (dict "operator" $operator) (deepCopy .Values.config) -}}
 {{- toYaml $settings -}}
+{{- end -}}
+
+{{- define "jobqueue.peeringName" -}}
+{{- default "jobqueue" (.Values.config.operator).peering_name -}}
 {{- end -}}
 
 {{/* One env entry per configured password Secret. */}}

@@ -78,7 +78,7 @@ def test_default_values_render_the_operator_and_nothing_optional(
 
     assert kinds == sorted(
         ["CustomResourceDefinition"] * 3
-        + ["ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "ConfigMap"]
+        + ["ClusterRole", "ClusterRoleBinding", "ConfigMap"]
         + ["Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
     )
 
@@ -132,6 +132,16 @@ def test_bad_values_are_refused_naming_the_field(
     assert "schema" in message or "values.yaml" in message, message
     assert field in message, message
     assert complaint in message, message
+
+
+def test_standalone_operator_must_run_alone(tmp_path: Path) -> None:
+    path = _write_values(tmp_path, {"replicas": 2, "config": {"operator": {"standalone": True}}})
+
+    result = helm("template", "jq", str(CHART), "--values", str(path), check=False)
+
+    assert result.returncode != 0
+    assert "config.operator.standalone" in result.stderr
+    assert "replicas: 1" in result.stderr
 
 
 def test_existing_service_account_must_be_named(tmp_path: Path) -> None:
@@ -240,6 +250,9 @@ def test_settings_file_and_env_load_as_jobqueue_settings(
     assert settings.operator.grpc_address == f"0.0.0.0:{ports['grpc']}"
     assert settings.operator.http_address == f"0.0.0.0:{ports['http']}"
     assert settings.database.url
+    # Worker pods are pointed at this release's Service, on its gRPC port.
+    service = only(documents, "Service")["metadata"]["name"]
+    assert settings.operator.service_address == f"{service}.jobqueue.svc:{ports['grpc']}"
     if values is None:
         assert settings.database.password is None
         assert settings.logging.format == "json"
@@ -345,11 +358,10 @@ def test_chart_crds_are_the_repository_crds() -> None:
         assert chart[name] == content, f"helm/jobqueue/crds/{name} differs from crds/{name}"
 
 
-def test_peering_object_is_the_one_the_operator_peers_through(
-    default_documents: list[dict[str, Any]],
-) -> None:
-    peering = only(default_documents, "ClusterKopfPeering")
-    crd = only(default_documents, "CustomResourceDefinition", "clusterkopfpeerings.kopf.dev")
+def test_peering_object_is_the_one_the_operator_peers_through() -> None:
+    documents = render(sets=["peering.create=true"])
+    peering = only(documents, "ClusterKopfPeering")
+    crd = only(documents, "CustomResourceDefinition", "clusterkopfpeerings.kopf.dev")
 
     assert peering["apiVersion"] == "kopf.dev/v1"
     assert peering["metadata"]["name"] == "jobqueue"
