@@ -113,6 +113,20 @@ def only(documents: Iterable[dict[str, Any]], kind: str, name: str | None = None
     return found[0]
 
 
+def permissions(cluster_role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """Flatten a role's rules; wildcards and resourceNames would widen it, so they fail."""
+    flat = set()
+    for rule in cluster_role["rules"]:
+        assert "resourceNames" not in rule, rule
+        assert "nonResourceURLs" not in rule, rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert "*" not in (group, resource, verb), rule
+                    flat.add((group, resource, verb))
+    return flat
+
+
 # PromQL ---------------------------------------------------------------------------------
 
 # Words that are not metric names where PromQL allows an identifier.

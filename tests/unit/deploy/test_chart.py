@@ -25,22 +25,9 @@ from tests.deploy_helpers import (
     OPERATOR_PERMISSIONS,
     helm,
     only,
+    permissions,
     render,
 )
-
-
-def permissions(cluster_role: dict[str, Any]) -> set[tuple[str, str, str]]:
-    """Flatten a role's rules; wildcards and resourceNames would widen it, so they fail."""
-    flat = set()
-    for rule in cluster_role["rules"]:
-        assert "resourceNames" not in rule, rule
-        assert "nonResourceURLs" not in rule, rule
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                for verb in rule["verbs"]:
-                    assert "*" not in (group, resource, verb), rule
-                    flat.add((group, resource, verb))
-    return flat
 
 
 @pytest.fixture(scope="module")
