@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ from kubernetes import watch as kube_watch
 
 from jobqueue import resources
 from jobqueue.devenv import Environment
+from jobqueue.devenv.processes import free_port
+from tests.conftest import KafkaTarget
 from tests.deploy_helpers import CHART, CRDS, OPERATOR_PERMISSIONS, helm
 
 pytestmark = pytest.mark.integration
@@ -494,3 +498,189 @@ def test_crds_installed_by_helm_are_the_repository_crds(
         assert [v.name for v in served.spec.versions] == [
             v["name"] for v in manifest["spec"]["versions"]
         ]
+
+
+# The real operator, with nothing but the chart's credentials --------------------------------
+
+OPERATOR_START_TIMEOUT_S = 90
+OPERATOR_STOP_TIMEOUT_S = 30
+EXAMPLES = CHART.parents[1] / "manifests" / "examples"
+
+
+def _token_kubeconfig(devenv: Environment, token: str, path: Path) -> Path:
+    """The admin kubeconfig's cluster (server and CA), with a bearer-token user instead."""
+    assert devenv.kubeconfig is not None
+    admin = yaml.safe_load(devenv.kubeconfig.read_text())
+    cluster = admin["clusters"][0]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "users": [{"name": "operator", "user": {"token": token}}],
+                "contexts": [
+                    {
+                        "name": "operator",
+                        "context": {"cluster": cluster["name"], "user": "operator"},
+                    }
+                ],
+                "current-context": "operator",
+            }
+        )
+    )
+    return path
+
+
+def _wait_for(
+    list_call: Callable[..., Any],
+    *arguments: Any,
+    predicate: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout_s: float = OPERATOR_START_TIMEOUT_S,
+    event_types: tuple[str, ...] = ("ADDED", "MODIFIED"),
+) -> dict[str, Any]:
+    """Watch a collection until an event's object satisfies ``predicate``; bounded in time."""
+    watcher = kube_watch.Watch()
+    for event in watcher.stream(list_call, *arguments, timeout_seconds=int(timeout_s)):
+        raw = event["raw_object"]
+        if event["type"] in event_types and predicate(raw):
+            watcher.stop()
+            return dict(raw)
+    raise AssertionError(f"{what} did not happen within {timeout_s:g} s")
+
+
+def _condition(body: dict[str, Any], kind: str) -> str | None:
+    for item in (body.get("status") or {}).get("conditions") or []:
+        if item.get("type") == kind:
+            return str(item.get("status"))
+    return None
+
+
+def _observed(body: dict[str, Any]) -> bool:
+    status = body.get("status") or {}
+    return status.get("observedGeneration") == body["metadata"].get("generation")
+
+
+@pytest.mark.timeout(300)
+def test_operator_reconciles_with_only_the_chart_credentials(
+    devenv: Environment,
+    kube_api_client: kube_client.ApiClient,
+    release: Release,
+    database_url: str,
+    redis_url: str,
+    kafka: KafkaTarget,
+    tmp_path: Path,
+) -> None:
+    """jobqueue-operator, run with the chart's settings file and a token of the chart's
+    ServiceAccount, reconciles the examples: a Ready queue, two Deployments, an HPA."""
+    namespace = release.namespace
+    custom = kube_client.CustomObjectsApi(kube_api_client)
+    apps = kube_client.AppsV1Api(kube_api_client)
+    autoscaling = kube_client.AutoscalingV2Api(kube_api_client)
+    group, version = resources.GROUP, resources.VERSION
+
+    # The settings file exactly as the chart mounts it; only the addresses of the local
+    # servers, and a peering of the test's own, come from the environment.
+    config_map = kube_client.CoreV1Api(kube_api_client).read_namespaced_config_map(
+        f"{release.service_account}-config", namespace
+    )
+    settings_file = tmp_path / "config.yaml"
+    settings_file.write_text(config_map.data["config.yaml"])
+    kubeconfig = _token_kubeconfig(
+        devenv, _token_for(kube_api_client, release), tmp_path / "kubeconfig"
+    )
+    environment = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "JQ_CONFIG": str(settings_file),
+        "JQ_DATABASE_URL": database_url,
+        "JQ_REDIS_URL": redis_url,
+        "JQ_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "JQ_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+        "JQ_OPERATOR_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+        "JQ_OPERATOR_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+        "JQ_OPERATOR_PEERING_NAME": f"rbac-{uuid.uuid4().hex[:8]}",
+        "JQ_OPERATOR_STATUS_INTERVAL_S": "1",
+        "JQ_LOGGING_FORMAT": "text",
+        "POD_NAME": "operator-under-test",
+    }
+    log_path = tmp_path / "operator.log"
+    with log_path.open("wb") as log:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "jobqueue.operator.main"],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        for name in ("queue.yaml", "pool.yaml", "pool-autoscaling.yaml"):
+            manifest = yaml.safe_load((EXAMPLES / name).read_text())
+            plural = resources.PLURALS[manifest["kind"]]
+            custom.create_namespaced_custom_object(group, version, namespace, plural, manifest)
+
+        queue = _wait_for(
+            custom.list_namespaced_custom_object, group, version, namespace,
+            resources.JOB_QUEUE_PLURAL,
+            predicate=lambda body: body["metadata"]["name"] == "emails"
+            and _observed(body) and _condition(body, "Ready") == "True",
+            what="the queue emails becoming Ready",
+        )  # fmt: skip
+        assert queue["status"]["conditions"]
+        deployment = _wait_for(
+            apps.list_namespaced_deployment, namespace,
+            predicate=lambda body: body["metadata"]["name"] == "emails-workers",
+            what="the Deployment of emails-workers",
+        )  # fmt: skip
+        owner = deployment["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"]) == (resources.WORKER_POOL_KIND, "emails-workers")
+        assert deployment["spec"]["replicas"] == 2
+        autoscaler = _wait_for(
+            autoscaling.list_namespaced_horizontal_pod_autoscaler, namespace,
+            predicate=lambda body: body["metadata"]["name"] == "emails-autoscaled",
+            what="the HPA of emails-autoscaled",
+        )  # fmt: skip
+        assert autoscaler["spec"]["maxReplicas"] == 10
+        assert autoscaler["spec"]["scaleTargetRef"]["kind"] == resources.WORKER_POOL_KIND
+        pool = _wait_for(
+            custom.list_namespaced_custom_object, group, version, namespace,
+            resources.WORKER_POOL_PLURAL,
+            predicate=lambda body: body["metadata"]["name"] == "emails-workers"
+            and _observed(body),
+            what="emails-workers' status catching up",
+        )  # fmt: skip
+        assert pool["status"]["selector"]
+
+        # Deleting every queue here lets the operator run its finalizers before it stops, so
+        # nothing is left waiting on an operator that is gone.
+        for item in custom.list_namespaced_custom_object(
+            group, version, namespace, resources.JOB_QUEUE_PLURAL
+        )["items"]:
+            custom.delete_namespaced_custom_object(
+                group, version, namespace, resources.JOB_QUEUE_PLURAL, item["metadata"]["name"]
+            )
+        for item in custom.list_namespaced_custom_object(
+            group, version, namespace, resources.JOB_QUEUE_PLURAL
+        )["items"]:
+            _wait_for(
+                custom.list_namespaced_custom_object, group, version, namespace,
+                resources.JOB_QUEUE_PLURAL,
+                predicate=lambda body, name=item["metadata"]["name"]: body["metadata"]["name"]
+                == name,
+                event_types=("DELETED",),
+                what=f"the queue {item['metadata']['name']} being finalized",
+            )  # fmt: skip
+    finally:
+        operator.terminate()
+        try:
+            returncode = operator.wait(timeout=OPERATOR_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            returncode = operator.wait()
+        log_text = log_path.read_text(errors="replace")
+        print(log_text[-6000:])
+
+    # Not one call of the operator was refused: the role covers everything it did.
+    assert "403" not in log_text, log_text[-4000:]
+    assert "Forbidden" not in log_text, log_text[-4000:]
+    assert returncode == 0, log_text[-4000:]
