@@ -102,6 +102,9 @@ class OperatorSettings:
     # (the ClusterKopfPeering named by peering_name) lets exactly one of them reconcile.
     standalone: bool = False
     peering_name: str = "jobqueue"
+    # Comma-separated namespaces whose JobQueues and pools this operator reconciles;
+    # empty reconciles every namespace (cluster-wide, the usual install).
+    namespaces: str = ""
 
 
 @dataclass(frozen=True)

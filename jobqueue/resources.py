@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -703,20 +704,32 @@ def delete_object(
     return True
 
 
-def api_client_from_environment() -> kube_client.ApiClient:
-    """A client for the cluster this process runs in, else the one ``$KUBECONFIG`` names."""
+def kube_configuration() -> kube_client.Configuration:
+    """Fresh credentials: the pod's ServiceAccount, else the kubeconfig ``$KUBECONFIG`` names.
+
+    Read anew on every call, so a rotated ServiceAccount token is picked up; the variable
+    is read at call time too (the client library reads it once, at import).
+    """
     configuration = kube_client.Configuration()
     try:
         kube_config.load_incluster_config(client_configuration=configuration)
     except kube_config.ConfigException:
+        kubeconfig = os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]
         try:
-            kube_config.load_kube_config(client_configuration=configuration)
+            kube_config.load_kube_config(
+                config_file=os.path.expanduser(kubeconfig), client_configuration=configuration
+            )
         except (kube_config.ConfigException, OSError) as error:
             raise PrerequisiteMissingError(
-                "no Kubernetes credentials: not in a pod, and no usable kubeconfig "
-                f"($KUBECONFIG or ~/.kube/config): {error}"
+                f"no Kubernetes credentials: not in a pod, and no usable kubeconfig at "
+                f"{kubeconfig} (set $KUBECONFIG): {error}"
             ) from error
-    return kube_client.ApiClient(configuration)
+    return configuration
+
+
+def api_client_from_environment() -> kube_client.ApiClient:
+    """A client for the cluster this process runs in, else the one ``$KUBECONFIG`` names."""
+    return kube_client.ApiClient(kube_configuration())
 
 
 def _read_documents(path: Path) -> Iterator[dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 ``up`` starts every server, prints how to reach them (also written to a file that a shell
 can ``source``) and keeps them up until Ctrl-C or SIGTERM. ``demo`` is what ``make demo``
-runs; until the operator exists it is ``up`` with a short tour of what is running.
+runs: the whole system on those servers, from applying a queue to its draining (see
+``jobqueue.devenv.demo``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jobqueue import logs
+from jobqueue.devenv import demo
 from jobqueue.devenv.environment import Endpoints, Environment
 from jobqueue.errors import JobQueueError
 
@@ -64,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         with Environment() as environment:
-            _serve_until_interrupted(environment, args.env_file)
+            if args.command == "demo":
+                demo.run(environment, env_file=args.env_file)
+            else:
+                _serve_until_interrupted(environment, args.env_file)
     except KeyboardInterrupt:
         print("\nStopped; every server is down and its files are removed.")
         return 0

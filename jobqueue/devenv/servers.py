@@ -260,12 +260,17 @@ class KafkaBroker:
     def prepare(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._write_configuration()
-        # A KRaft cluster id is 16 random bytes in URL-safe base64 without padding.
+        # A KRaft cluster id is 16 random bytes in URL-safe base64 without padding. It may
+        # start with '-', so it is passed as --cluster-id=<id>, never as a separate word.
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         run_to_completion(
             "kafka storage format",
             self._java_argv(
-                "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self._properties)
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={cluster_id}",
+                "-c",
+                str(self._properties),
             ),
             log_path=self.directory / "format.log",
             timeout_s=120,

@@ -33,9 +33,8 @@ from jobqueue.events import OutboxRelay
 from jobqueue.health import Check, Report, run_checks, serve
 from jobqueue.operator.dispatch import Scheduler, SchedulerSettings
 from jobqueue.operator.monitor import QueueMonitor
-from jobqueue.operator.reconcile import Context, run_reconcilers
+from jobqueue.operator.reconcile import Reconcilers, SchedulerLink
 from jobqueue.operator.services import AdminService, HeartbeatSink, JobService, WorkerService
-from jobqueue.resources import api_client_from_environment
 from jobqueue.state import LocalTokenBucket, RedisState
 from jobqueue.store import JobStore, apply_migrations
 
@@ -79,7 +78,7 @@ class Parts:
     grpc_port: int
     state: RedisState | None
     monitor: QueueMonitor
-    reconciling: asyncio.Event  # set once kopf watches the resources (never without kopf)
+    reconcilers: Reconcilers | None  # kopf, when it runs; its ``ready`` is set once it watches
 
 
 async def _open_state(settings: Settings) -> RedisState | None:
@@ -147,16 +146,16 @@ async def running_operator(
             interval_s=settings.operator.status_interval_s,
             worker_seen_within_s=settings.operator.lease_s,
         )
-        reconciling = asyncio.Event()
         tasks = _background_tasks(scheduler, state, settings, dsn=dsn, stop=stop)
         tasks.append(asyncio.create_task(monitor.run(stop), name="queue-monitor"))
-        if with_kopf:
-            api = api_client_from_environment()
-            stack.callback(api.close)
-            context = Context(store, api, monitor, settings, scheduler)
-            reconcilers = run_reconcilers(context, stop, reconciling)
-            tasks.append(asyncio.create_task(reconcilers, name="reconcilers"))
         stack.push_async_callback(_stop_tasks, tasks, stop)
+
+        reconcilers = None
+        if with_kopf:
+            link = SchedulerLink(scheduler, asyncio.get_running_loop())
+            reconcilers = Reconcilers(settings, dsn, monitor, link)
+            reconcilers.start()
+            stack.push_async_callback(reconcilers.stop)
 
         if settings.operator.http_address:
             host, http_port = split_address(settings.operator.http_address, "operator.http_address")
@@ -164,7 +163,7 @@ async def running_operator(
             stack.push_async_callback(runner.cleanup)
 
         logger.info("Operator %s serving gRPC on port %d.", scheduler.operator_id, port)
-        yield Parts(store, scheduler, port, state, monitor, reconciling)
+        yield Parts(store, scheduler, port, state, monitor, reconcilers)
 
 
 def _scheduler(store: JobStore, state: RedisState | None, settings: Settings) -> Scheduler:

@@ -18,6 +18,11 @@ only what changed. A pool's Deployment status and the set of existing queues com
 kopf indexes (watch streams), so a timer makes no API read of its own. Notable changes are
 also posted as Kubernetes Events.
 
+kopf runs in a thread of its own, with its own event loop and database pool: it treats
+the loop it runs in as its own and, when it stops, cancels every task it did not start,
+which would include the gRPC calls in flight. The scheduler, which lives in the main
+loop, is reached through ``SchedulerLink``, which hands each call over to that loop.
+
 kopf keeps its own progress in annotations under ``jobqueue.dev/`` rather than in status,
 whose schema does not allow foreign fields. Several replicas peer through the
 ClusterKopfPeering ``operator.peering_name``: each gets a random priority, so exactly one
@@ -28,9 +33,11 @@ serves gRPC and dispatches.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import random
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -74,6 +81,27 @@ RETRY_DELAY_S: Final = 5.0
 _KINDS: Final[Mapping[str, JobKind]] = {"Command": JobKind.COMMAND, "Python": JobKind.PYTHON}
 
 
+class SchedulerLink:
+    """The scheduler of the main loop, called from kopf's thread; each call is handed over."""
+
+    def __init__(self, scheduler: Scheduler, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduler = scheduler
+        self._loop = loop
+
+    def announce(self, queues: Sequence[str]) -> None:
+        """Wake dispatch for ``queues`` here and, through Redis, in the other replicas."""
+        future = asyncio.run_coroutine_threadsafe(self._scheduler.announce(queues), self._loop)
+        future.add_done_callback(_log_failure)
+
+    def tell_to_stop(self, worker_id: str, attempts: Sequence[AttemptRef], why: str) -> None:
+        self._loop.call_soon_threadsafe(self._scheduler.tell_to_stop, worker_id, attempts, why)
+
+
+def _log_failure(future: concurrent.futures.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("A wake-up from the reconcilers failed.", exc_info=future.exception())
+
+
 @dataclass
 class Context:
     """What the handlers work with; one per operator process."""
@@ -82,7 +110,7 @@ class Context:
     api: kube_client.ApiClient
     monitor: QueueMonitor
     settings: Settings
-    scheduler: Scheduler | None = None
+    scheduler: SchedulerLink | None = None
 
 
 def queue_policy(name: str, namespace: str, spec: JobQueueSpec) -> QueuePolicy:
@@ -125,6 +153,19 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     return configured
 
 
+class _QuietTimers(logging.Filter):
+    """Drops kopf's line for each successful timer run: one per resource per interval."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Timer ") and message.endswith(" succeeded."))
+
+
+def _announce(body: kopf.Body, *, reason: str, message: str) -> None:
+    """A Normal Event on the resource. (kopf.info would be held back by posting.level.)"""
+    kopf.event(body, type="Normal", reason=reason, message=message)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -151,9 +192,9 @@ async def reconcile_queue(
     previous = body.status.get("conditions")
     patch.status["observedGeneration"] = generation
 
-    def ready(condition: status_rules.Condition) -> None:
+    def ready(*conditions: status_rules.Condition) -> None:
         patch.status["conditions"] = status_rules.merge_conditions(
-            previous, [condition], generation=generation, now=_now()
+            previous, conditions, generation=generation, now=_now()
         )
 
     try:
@@ -169,12 +210,16 @@ async def reconcile_queue(
     except JobQueueError as error:
         raise _temporary(error) from error
 
-    ready(status_rules.Condition("Ready", "True", "PolicyApplied", "the queue policy is in force"))
+    # Paused is shown at once; the status timer adds Degraded from the statistics.
+    (paused, _) = status_rules.queue_conditions(spec, None, None)
+    ready(
+        status_rules.Condition("Ready", "True", "PolicyApplied", "the policy is in force"), paused
+    )
     if context.scheduler is not None:
         # A resumed queue, or a raised limit, may have work to hand out at once.
-        await context.scheduler.announce([name])
+        context.scheduler.announce([name])
     if reason != "resume":
-        kopf.info(body, reason="PolicyApplied", message=f"generation {generation} in force")
+        _announce(body, reason="PolicyApplied", message=f"generation {generation} in force")
 
 
 async def delete_queue(context: Context, *, body: kopf.Body, name: str, namespace: str) -> None:
@@ -211,13 +256,13 @@ async def _cancel_unfinished(context: Context, body: kopf.Body, name: str) -> No
                 stopped = [AttemptRef(item.job.id, item.job.attempt)]
                 context.scheduler.tell_to_stop(item.worker_id, stopped, "queue deleted")
     if cancelled:
-        kopf.info(body, reason="JobsCancelled", message=f"{len(cancelled)} unfinished jobs")
+        _announce(body, reason="JobsCancelled", message=f"{len(cancelled)} unfinished jobs")
 
 
 async def _drain(context: Context, body: kopf.Body, policy: QueuePolicy) -> None:
     if not policy.closed:
         await context.store.close_queue(policy.name)
-        kopf.info(body, reason="Draining", message="closed to new jobs; finishing what it holds")
+        _announce(body, reason="Draining", message="closed to new jobs; finishing what it holds")
     unfinished = await context.store.unfinished_count(policy.name)
     if unfinished:
         raise kopf.TemporaryError(
@@ -310,7 +355,7 @@ async def reconcile_pool(
     )
     if not queue_found:
         kopf.warn(body, reason="QueueMissing", message=f"no JobQueue named {spec.queue} here")
-    kopf.info(body, reason="DeploymentApplied", message=f"{spec.replicas} replicas wanted")
+    _announce(body, reason="DeploymentApplied", message=f"{spec.replicas} replicas wanted")
 
 
 async def mirror_pool_status(
@@ -353,25 +398,31 @@ def build_registry(context: Context) -> kopf.OperatorRegistry:
     queue_kind = (GROUP, VERSION, JOB_QUEUE_PLURAL)
     pool_kind = (GROUP, VERSION, WORKER_POOL_PLURAL)
 
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_via_client(**kwargs)
+    @kopf.on.login(id="login", registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(resources.kube_configuration())
 
-    @kopf.index(*queue_kind, registry=registry)
+    # An index is passed to handlers as a keyword named by its id.
+    @kopf.index(*queue_kind, id="queues", registry=registry)
     def queues(namespace: str | None, name: str, **_: Any) -> dict[tuple[str, str], bool]:
         return {(namespace or "", name): True}
 
     @kopf.index(
-        "apps", "v1", "deployments", labels={workloads.POOL_LABEL: kopf.PRESENT}, registry=registry
+        "apps",
+        "v1",
+        "deployments",
+        id="deployments",
+        labels={workloads.POOL_LABEL: kopf.PRESENT},
+        registry=registry,
     )
     def deployments(
         namespace: str | None, name: str, status: kopf.Status, **_: Any
     ) -> dict[tuple[str, str], dict[str, Any]]:
         return {(namespace or "", name): dict(status)}
 
-    @kopf.on.resume(*queue_kind, registry=registry)
-    @kopf.on.create(*queue_kind, registry=registry)
-    @kopf.on.update(*queue_kind, registry=registry)
+    @kopf.on.resume(*queue_kind, id="reconcile", registry=registry)
+    @kopf.on.create(*queue_kind, id="reconcile", registry=registry)
+    @kopf.on.update(*queue_kind, id="reconcile", registry=registry)
     async def queue_changed(
         body: kopf.Body, name: str, namespace: str | None, patch: kopf.Patch, reason: str, **_: Any
     ) -> None:
@@ -379,17 +430,17 @@ def build_registry(context: Context) -> kopf.OperatorRegistry:
             context, body=body, name=name, namespace=namespace or "", patch=patch, reason=reason
         )
 
-    @kopf.on.delete(*queue_kind, registry=registry)
+    @kopf.on.delete(*queue_kind, id="delete", registry=registry)
     async def queue_deleted(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
         await delete_queue(context, body=body, name=name, namespace=namespace or "")
 
-    @kopf.timer(*queue_kind, interval=interval_s, registry=registry)
+    @kopf.timer(*queue_kind, id="status", interval=interval_s, registry=registry)
     async def queue_status(body: kopf.Body, name: str, patch: kopf.Patch, **_: Any) -> None:
         await mirror_queue_status(context, body=body, name=name, patch=patch)
 
-    @kopf.on.resume(*pool_kind, registry=registry)
-    @kopf.on.create(*pool_kind, registry=registry)
-    @kopf.on.update(*pool_kind, registry=registry)
+    @kopf.on.resume(*pool_kind, id="reconcile", registry=registry)
+    @kopf.on.create(*pool_kind, id="reconcile", registry=registry)
+    @kopf.on.update(*pool_kind, id="reconcile", registry=registry)
     async def pool_changed(
         body: kopf.Body, name: str, namespace: str | None, patch: kopf.Patch, **indexes: Any
     ) -> None:
@@ -402,7 +453,7 @@ def build_registry(context: Context) -> kopf.OperatorRegistry:
             queues=indexes["queues"],
         )
 
-    @kopf.timer(*pool_kind, interval=interval_s, registry=registry)
+    @kopf.timer(*pool_kind, id="status", interval=interval_s, registry=registry)
     async def pool_status(
         body: kopf.Body, name: str, namespace: str | None, patch: kopf.Patch, **indexes: Any
     ) -> None:
@@ -420,6 +471,21 @@ def build_registry(context: Context) -> kopf.OperatorRegistry:
     return registry
 
 
+def connection_info(configuration: kube_client.Configuration) -> kopf.ConnectionInfo:
+    """kopf's credentials from the client library's: the same cluster, user and CA."""
+    header = configuration.get_api_key_with_prefix("BearerToken") or ""
+    scheme, _, token = header.partition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
 def ensure_peering(api: kube_client.ApiClient, name: str) -> bool:
     """Create the ClusterKopfPeering replicas meet in; False if its CRD is not installed."""
     manifest = {
@@ -434,11 +500,18 @@ def ensure_peering(api: kube_client.ApiClient, name: str) -> bool:
     return True
 
 
-async def run_reconcilers(
-    context: Context, stop: asyncio.Event, ready: asyncio.Event | None = None
+async def run_kopf(
+    context: Context, stop: threading.Event, ready: threading.Event | None = None
 ) -> None:
     """Run kopf until ``stop`` is set; ``ready`` is set once it watches the resources."""
     settings = kopf_settings(context.settings)
+    namespaces = [item.strip() for item in context.settings.operator.namespaces.split(",")]
+    namespaces = [item for item in namespaces if item]
+    settings.peering.clusterwide = not namespaces
+    if namespaces and not settings.peering.standalone:
+        # Peering across a namespace list would need one KopfPeering per namespace.
+        logger.warning("Reconciling namespaces %s without peering.", ", ".join(namespaces))
+        settings.peering.standalone = True
     if not settings.peering.standalone:
         peered = await asyncio.to_thread(ensure_peering, context.api, settings.peering.name)
         if not peered:
@@ -447,13 +520,67 @@ async def run_reconcilers(
                 "so only one operator replica may run."
             )
             settings.peering.standalone = True
+    # With peering on, kopf waits for the peering object rather than run unpeered.
+    settings.peering.mandatory = not settings.peering.standalone
     await kopf.operator(
         registry=build_registry(context),
         settings=settings,
-        clusterwide=True,
-        standalone=settings.peering.standalone,
-        peering_name=settings.peering.name,
-        priority=settings.peering.priority,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
         stop_flag=stop,
         ready_flag=ready,
     )
+
+
+_QUIET_TIMERS: Final = _QuietTimers()
+
+
+class Reconcilers:
+    """kopf in a thread of its own: ``start``, then ``stop`` (awaitable) when done.
+
+    ``ready`` is set once kopf watches the resources; ``failure`` holds what ended the
+    thread early, if anything did (it is logged too).
+    """
+
+    # Seconds kopf gets to finish the handlers in flight when told to stop.
+    STOP_TIMEOUT_S: Final = 20.0
+
+    def __init__(
+        self, settings: Settings, dsn: str, monitor: QueueMonitor, scheduler: SchedulerLink | None
+    ) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.monitor = monitor
+        self.scheduler = scheduler
+        self.ready = threading.Event()
+        self.failure: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reconcilers", daemon=True)
+
+    def start(self) -> None:
+        logging.getLogger("kopf.objects").addFilter(_QUIET_TIMERS)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, self.STOP_TIMEOUT_S)
+        if self._thread.is_alive():
+            logger.error("The reconcilers did not stop within %g s.", self.STOP_TIMEOUT_S)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as error:  # the thread's last word: record and log, never lose
+            self.failure = error
+            logger.exception("The reconcilers stopped on an error.")
+
+    async def _main(self) -> None:
+        # kopf's loop gets a small pool of its own: connections belong to one loop.
+        store = await JobStore.open(self.dsn, min_size=1, max_size=4)
+        api = resources.api_client_from_environment()
+        try:
+            context = Context(store, api, self.monitor, self.settings, self.scheduler)
+            await run_kopf(context, self._stop, self.ready)
+        finally:
+            api.close()
+            await store.close()

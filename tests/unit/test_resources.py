@@ -256,7 +256,19 @@ def test_pool_without_spec_is_refused() -> None:
 
 
 def test_crd_files_declare_the_names_the_module_uses() -> None:
-    crds = {crd["spec"]["names"]["kind"]: crd for crd in resources.load_crds(REPOSITORY / "crds")}
+    everything = resources.load_crds(REPOSITORY / "crds")
+    crds = {
+        crd["spec"]["names"]["kind"]: crd
+        for crd in everything
+        if crd["spec"]["group"] == resources.GROUP
+    }
+    assert set(crds) == {resources.JOB_QUEUE_KIND, resources.WORKER_POOL_KIND}
+    # Beside them, the peering CRD kopf's replicas meet through.
+    (peering,) = [crd for crd in everything if crd["spec"]["group"] == "kopf.dev"]
+    assert (peering["spec"]["names"]["plural"], peering["spec"]["scope"]) == (
+        "clusterkopfpeerings",
+        "Cluster",
+    )
 
     queue_names = crds[resources.JOB_QUEUE_KIND]["spec"]["names"]
     pool_names = crds[resources.WORKER_POOL_KIND]["spec"]["names"]

@@ -33,11 +33,18 @@ QUEUE = "work"
 
 
 def operator_settings(
-    database_url: str, redis_url: str, kafka: KafkaTarget, grpc_port: int, lease_s: float = 3.0
+    database_url: str,
+    redis_url: str,
+    kafka: KafkaTarget,
+    grpc_port: int,
+    lease_s: float = 3.0,
+    **more: str,
 ) -> Settings:
+    """Settings for an operator on the session's servers; ``more`` adds JQ_* variables."""
     return load_settings(
         None,
         environ={
+            **more,
             "JQ_DATABASE_URL": database_url,
             "JQ_REDIS_URL": redis_url,
             "JQ_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
@@ -135,12 +142,17 @@ class Operator:
 
 
 @contextlib.asynccontextmanager
-async def operator_running(settings: Settings) -> AsyncIterator[Operator]:
+async def operator_running(
+    settings: Settings, *, with_kopf: bool = False
+) -> AsyncIterator[Operator]:
+    """An operator in this event loop; with kopf, once it watches its namespaces."""
     port = int(settings.operator.grpc_address.rpartition(":")[2])
     async with (
-        running_operator(settings, migrate=False) as parts,
+        running_operator(settings, migrate=False, with_kopf=with_kopf) as parts,
         AsyncClient(f"127.0.0.1:{port}", plaintext=True, timeout_s=10) as client,
     ):
+        if parts.reconcilers is not None:
+            assert await asyncio.to_thread(parts.reconcilers.ready.wait, 30), "kopf never got ready"
         yield Operator(settings, port, parts, client)
 
 
