@@ -13,6 +13,8 @@ help:
 	@echo "make lint      ruff (format and lint), mypy strict, import-linter"
 	@echo "make format    rewrite the code in the house format"
 	@echo "make proto     regenerate jobqueue/api/v1 from proto/"
+	@echo "make kind-e2e  build the images, install the chart on a kind cluster, run tests/e2e/kind (needs Docker)"
+	@echo "make sync-crds copy crds/ into the Helm chart and the kustomize base"
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -41,6 +43,10 @@ test: lint
 
 test-unit: bootstrap
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+# Needs a running Docker engine; everything else it builds or installs itself.
+kind-e2e: bootstrap
+	bash scripts/kind-e2e.sh
 
 demo: bootstrap
 	$(BIN)/python -m jobqueue.devenv demo
