@@ -25,8 +25,22 @@ def job_fields(job_id: object, queue: str, **more: Any) -> dict[str, Any]:
     return {"job_id": str(job_id), "queue": queue, **more}
 
 
+# What kopf puts on its records besides the message: its whole settings object (dropped,
+# it would swamp every line) and a reference to the resource (kept, as "object").
+_KOPF_ATTRIBUTES = frozenset({"settings", "k8s_skip", "k8s_ref"})
+
+
 def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRIBUTES}
+    fields = {
+        k: v
+        for k, v in record.__dict__.items()
+        if k not in _STANDARD_ATTRIBUTES and k not in _KOPF_ATTRIBUTES
+    }
+    reference = record.__dict__.get("k8s_ref")
+    if isinstance(reference, dict) and reference.get("name"):
+        where = f"{reference.get('namespace')}/" if reference.get("namespace") else ""
+        fields["object"] = f"{reference.get('kind', '')} {where}{reference['name']}".strip()
+    return fields
 
 
 class JsonFormatter(logging.Formatter):

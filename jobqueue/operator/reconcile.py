@@ -153,12 +153,15 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     return configured
 
 
-class _QuietTimers(logging.Filter):
-    """Drops kopf's line for each successful timer run: one per resource per interval."""
+class _QuietKopf(logging.Filter):
+    """Drops two kopf lines: one per resource and interval for each successful timer run,
+    and the warning that OS signals are ignored in a thread (the operator handles them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Timer ") and message.endswith(" succeeded."))
+        if message.startswith("Timer ") and message.endswith(" succeeded."):
+            return False
+        return not message.startswith("OS signals are ignored")
 
 
 def _announce(body: kopf.Body, *, reason: str, message: str) -> None:
@@ -532,7 +535,7 @@ async def run_kopf(
     )
 
 
-_QUIET_TIMERS: Final = _QuietTimers()
+_QUIET_KOPF: Final = _QuietKopf()
 
 
 class Reconcilers:
@@ -558,7 +561,8 @@ class Reconcilers:
         self._thread = threading.Thread(target=self._run, name="reconcilers", daemon=True)
 
     def start(self) -> None:
-        logging.getLogger("kopf.objects").addFilter(_QUIET_TIMERS)
+        for name in ("kopf.objects", "kopf._core.reactor.running"):
+            logging.getLogger(name).addFilter(_QUIET_KOPF)
         self._thread.start()
 
     async def stop(self) -> None:

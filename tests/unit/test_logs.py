@@ -33,3 +33,17 @@ def test_terminal_lines_are_readable_with_fields_at_the_end() -> None:
 
     assert "INFO" in line
     assert line.endswith("Job j-1 finished job_id=j-1 queue=emails attempt=2")
+
+
+def test_kopf_records_name_their_resource_without_kopf_settings() -> None:
+    record = logging.LogRecord(
+        "kopf.objects", logging.INFO, "", 0, "Handler succeeded.", None, None
+    )
+    record.settings = object()
+    record.k8s_skip = False
+    record.k8s_ref = {"kind": "JobQueue", "namespace": "team-a", "name": "emails", "uid": "1"}
+
+    document = json.loads(logs.JsonFormatter().format(record))
+
+    assert document["object"] == "JobQueue team-a/emails"
+    assert not {"settings", "k8s_skip", "k8s_ref"} & set(document)
