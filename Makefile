@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap lint format proto test test-unit demo dev-env clean
+.PHONY: help bootstrap lint format proto test test-unit demo dev-env clean sync-crds kind-e2e
 
 help:
 	@echo "make test      install what is missing, lint, run every test against real servers"
@@ -13,6 +13,8 @@ help:
 	@echo "make lint      ruff (format and lint), mypy strict, import-linter"
 	@echo "make format    rewrite the code in the house format"
 	@echo "make proto     regenerate jobqueue/api/v1 from proto/"
+	@echo "make kind-e2e  build the images, install the chart on a kind cluster, run tests/e2e/kind (needs Docker)"
+	@echo "make sync-crds copy crds/ into the Helm chart and the kustomize base"
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -27,6 +29,12 @@ format: bootstrap
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The chart and the kustomize base carry copies of crds/ (neither can read outside its own
+# directory); tests fail until they are copied again after a CRD change.
+sync-crds:
+	cp crds/*.yaml helm/jobqueue/crds/
+	cp crds/*.yaml manifests/base/crds/
+
 proto: bootstrap
 	$(BIN)/python scripts/generate_proto.py
 
@@ -35,6 +43,10 @@ test: lint
 
 test-unit: bootstrap
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+# Needs a running Docker engine; everything else it builds or installs itself.
+kind-e2e: bootstrap
+	bash scripts/kind-e2e.sh
 
 demo: bootstrap
 	$(BIN)/python -m jobqueue.devenv demo

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the demo need, idempotently, and fast when done before:
-#   1. Debian packages: PostgreSQL, Redis, Java and Maven (only those missing);
+#   1. Debian packages: PostgreSQL, Redis, Java, Maven and Lua 5.1 (only those missing;
+#      Lua runs the Argo CD health checks' tests);
 #   2. the virtualenv in .venv with the package and its dev extras (redone when
 #      pyproject.toml changes);
-#   3. the Kafka broker's jars and the Kubernetes control plane, cached in ~/.cache/jobqueue.
+#   3. the Kafka broker's jars, the Kubernetes control plane and Helm, cached in
+#      ~/.cache/jobqueue.
 # Go (>= 1.26) must already be installed: Debian's golang is too old to build Kubernetes.
 set -euo pipefail
 
@@ -19,6 +21,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
+command -v lua5.1 >/dev/null || missing+=(lua5.1)
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]] && ! command -v sudo >/dev/null; then
     echo "error: need the Debian packages ${missing[*]}; install them as root" >&2
@@ -53,3 +56,4 @@ fi
 # 3. Cached downloads and builds; each prints where it put its result.
 say "Kafka broker jars: $(bash scripts/fetch-kafka.sh)"
 say "Kubernetes control plane (the first build takes a while): $(bash scripts/build-control-plane.sh)"
+say "Helm: $(bash scripts/build-helm.sh)"

@@ -1,7 +1,7 @@
 """Where the local environment finds its programs, and one clear message when one is missing.
 
-PostgreSQL, Redis and Java come from Debian's packages; the Kubernetes control plane and
-the Kafka broker's jars are built or fetched once by the scripts in ``scripts/`` and kept
+PostgreSQL, Redis and Java come from Debian's packages; the Kubernetes control plane, Helm
+and the Kafka broker's jars are built or fetched once by the scripts in ``scripts/`` and kept
 under ``~/.cache/jobqueue`` (``JQ_CACHE_DIR``). ``make test``, ``make demo`` and
 ``make dev-env`` install all of it; running the environment without them ends in a
 ``PrerequisiteMissingError`` that says what to install.
@@ -73,3 +73,8 @@ def kafka_lib_dir() -> Path:
     """The Kafka broker's jars, fetched from Maven Central."""
     program("java", package="openjdk-17-jre-headless")
     return _cached_build("fetch-kafka.sh", "the Kafka broker")
+
+
+def helm_bin_dir() -> Path:
+    """Helm v4, built from the Go proxy; the chart's tests run it."""
+    return _cached_build("build-helm.sh", "Helm")

@@ -1,0 +1,703 @@
+"""The chart installed into a real kube-apiserver, and its RBAC proved with the real authorizer.
+
+One release per module, in a namespace of its own. The proof of the ClusterRole has two
+halves: the chart's ServiceAccount gets a token through the TokenRequest API and, as that
+account, performs each kind of call the operator makes (and is refused others with 403);
+then the API server's own authorizer is asked, through SubjectAccessReviews, about every
+permission the operator was granted and about neighbours it must not have.
+
+No pod runs here (there is no kubelet), so the operator Deployment's pods stay Pending; what
+is checked is what the API server holds and allows.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as kube_client
+from kubernetes import watch as kube_watch
+
+from jobqueue import resources
+from jobqueue.devenv import Environment
+from jobqueue.devenv.processes import free_port
+from tests.conftest import KafkaTarget
+from tests.deploy_helpers import CHART, CRDS, OPERATOR_PERMISSIONS, helm
+
+pytestmark = pytest.mark.integration
+
+WATCH_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    namespace: str
+    service_account: str
+    environment: dict[str, str]  # KUBECONFIG and Helm's own directories
+
+
+def _helm_environment(devenv: Environment, home: Path) -> dict[str, str]:
+    """Point helm at the local API server and keep its cache and config out of $HOME."""
+    assert devenv.kubeconfig is not None
+    return {
+        **os.environ,
+        "KUBECONFIG": str(devenv.kubeconfig),
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+
+
+def _peering_exists(api_client: kube_client.ApiClient) -> bool:
+    custom = kube_client.CustomObjectsApi(api_client)
+    try:
+        custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", "jobqueue")
+    except kube_client.ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+@pytest.fixture(scope="module")
+def release(
+    devenv: Environment,
+    kube_api_client: kube_client.ApiClient,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Release]:
+    core = kube_client.CoreV1Api(kube_api_client)
+    suffix = uuid.uuid4().hex[:8]
+    namespace = f"helm-{suffix}"
+    core.create_namespace(
+        kube_client.V1Namespace(metadata=kube_client.V1ObjectMeta(name=namespace))
+    )
+    environment = _helm_environment(devenv, tmp_path_factory.mktemp("helm"))
+    name = f"jq-{suffix}"
+
+    # The peering object is cluster-wide and has a fixed name: another test (or release) may
+    # have made it already, and Helm refuses to adopt what it did not create.
+    peering = "false" if _peering_exists(kube_api_client) else "true"
+    helm(
+        "install", name, str(CHART), "--namespace", namespace,
+        "--set", f"peering.create={peering}",
+        "--set", "secrets.databasePassword.name=jobqueue-postgres",
+        "--set", "workerServiceAccount.create=true",
+        "--set", f"workerServiceAccount.namespaces[0]={namespace}",
+        "--timeout", "60s",
+        environment=environment,
+    )  # fmt: skip
+    try:
+        yield Release(name, namespace, f"{name}-jobqueue", environment)
+    finally:
+        helm("uninstall", name, "--namespace", namespace, environment=environment, check=False)
+        core.delete_namespace(namespace)
+
+
+def _client_as(admin: kube_client.ApiClient, token: str) -> kube_client.ApiClient:
+    """An API client with the admin's server and CA, authenticated by a bearer token only."""
+    configuration = copy.copy(admin.configuration)
+    configuration.cert_file = None
+    configuration.key_file = None
+    configuration.api_key = {"authorization": token}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    return kube_client.ApiClient(configuration)
+
+
+def _token_for(api_client: kube_client.ApiClient, release: Release) -> str:
+    request = kube_client.AuthenticationV1TokenRequest(
+        spec=kube_client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+    )
+    response = kube_client.CoreV1Api(api_client).create_namespaced_service_account_token(
+        release.service_account, release.namespace, request
+    )
+    return str(response.status.token)
+
+
+@pytest.fixture(scope="module")
+def operator_client(
+    kube_api_client: kube_client.ApiClient, release: Release
+) -> Iterator[kube_client.ApiClient]:
+    client = _client_as(kube_api_client, _token_for(kube_api_client, release))
+    yield client
+    client.close()
+
+
+def _refused(call: Callable[[], object]) -> int:
+    with pytest.raises(kube_client.ApiException) as refused:
+        call()
+    return int(refused.value.status)
+
+
+# What Helm installed ----------------------------------------------------------------------
+
+
+def test_install_creates_the_operator_objects(
+    kube_api_client: kube_client.ApiClient, release: Release
+) -> None:
+    status = json.loads(
+        helm(
+            "status", release.name, "--namespace", release.namespace, "--output", "json",
+            environment=release.environment,
+        ).stdout
+    )  # fmt: skip
+    apps = kube_client.AppsV1Api(kube_api_client)
+    core = kube_client.CoreV1Api(kube_api_client)
+    rbac = kube_client.RbacAuthorizationV1Api(kube_api_client)
+    extensions = kube_client.ApiextensionsV1Api(kube_api_client)
+
+    assert status["info"]["status"] == "deployed"
+    deployment = apps.read_namespaced_deployment(release.service_account, release.namespace)
+    assert deployment.spec.replicas == 2
+    (container,) = deployment.spec.template.spec.containers
+    assert container.security_context.read_only_root_filesystem is True
+    env = {variable.name: variable for variable in container.env}
+    assert env["JQ_DATABASE_PASSWORD"].value_from.secret_key_ref.name == "jobqueue-postgres"
+    service = core.read_namespaced_service(release.service_account, release.namespace)
+    assert {(port.name, port.port) for port in service.spec.ports} == {
+        ("grpc", 7070),
+        ("metrics", 9090),
+    }
+    config_map = core.read_namespaced_config_map(
+        f"{release.service_account}-config", release.namespace
+    )
+    assert yaml.safe_load(config_map.data["config.yaml"])["operator"]["grpc_address"].endswith(
+        ":7070"
+    )
+    assert core.read_namespaced_service_account("jobqueue-worker", release.namespace)
+    policy = kube_client.PolicyV1Api(kube_api_client)
+    assert (
+        policy.read_namespaced_pod_disruption_budget(
+            release.service_account, release.namespace
+        ).spec.max_unavailable
+        == 1
+    )
+    binding = rbac.read_cluster_role_binding(release.service_account)
+    assert binding.subjects[0].namespace == release.namespace
+    for crd in ("jobqueues.jobqueue.dev", "queueworkerpools.jobqueue.dev"):
+        conditions = extensions.read_custom_resource_definition(crd).status.conditions
+        assert any(c.type == "Established" and c.status == "True" for c in conditions)
+    assert _peering_exists(kube_api_client)
+
+
+def test_upgrade_with_new_settings_rolls_the_operator(
+    kube_api_client: kube_client.ApiClient, release: Release
+) -> None:
+    apps = kube_client.AppsV1Api(kube_api_client)
+
+    def checksum() -> str:
+        deployment = apps.read_namespaced_deployment(release.service_account, release.namespace)
+        return str(deployment.spec.template.metadata.annotations["checksum/config"])
+
+    before = checksum()
+    helm(
+        "upgrade", release.name, str(CHART), "--namespace", release.namespace,
+        "--reuse-values", "--set", "config.logging.level=DEBUG",
+        environment=release.environment,
+    )  # fmt: skip
+
+    assert checksum() != before
+    config_map = kube_client.CoreV1Api(kube_api_client).read_namespaced_config_map(
+        f"{release.service_account}-config", release.namespace
+    )
+    assert yaml.safe_load(config_map.data["config.yaml"])["logging"]["level"] == "DEBUG"
+
+
+def test_uninstall_removes_cluster_wide_objects(
+    devenv: Environment,
+    kube_api_client: kube_client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    environment = _helm_environment(devenv, tmp_path)
+    name = f"gone-{uuid.uuid4().hex[:6]}"
+    rbac = kube_client.RbacAuthorizationV1Api(kube_api_client)
+    helm(
+        "install", name, str(CHART), "--namespace", namespace, "--set", "peering.create=false",
+        environment=environment,
+    )  # fmt: skip
+    assert rbac.read_cluster_role(f"{name}-jobqueue")
+
+    helm("uninstall", name, "--namespace", namespace, environment=environment)
+
+    assert _refused(lambda: rbac.read_cluster_role(f"{name}-jobqueue")) == 404
+    assert _refused(lambda: rbac.read_cluster_role_binding(f"{name}-jobqueue")) == 404
+
+
+# The operator's ServiceAccount, call by call ------------------------------------------------
+
+
+def _queue(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": resources.API_VERSION,
+        "kind": resources.JOB_QUEUE_KIND,
+        "metadata": {"name": name},
+        "spec": {},
+    }
+
+
+def test_operator_account_watches_queues_and_writes_their_status(
+    kube_api_client: kube_client.ApiClient,
+    operator_client: kube_client.ApiClient,
+    release: Release,
+) -> None:
+    admin = kube_client.CustomObjectsApi(kube_api_client)
+    operator = kube_client.CustomObjectsApi(operator_client)
+    group, version, plural = resources.GROUP, resources.VERSION, resources.JOB_QUEUE_PLURAL
+    admin.create_namespaced_custom_object(group, version, release.namespace, plural, _queue("q"))
+
+    # Cluster-wide list and watch, as kopf does; the watch ends at its first event.
+    listed = operator.list_cluster_custom_object(group, version, plural)
+    assert "q" in {item["metadata"]["name"] for item in listed["items"]}
+    stream = kube_watch.Watch().stream(
+        operator.list_namespaced_custom_object, group, version, release.namespace, plural,
+        timeout_seconds=WATCH_TIMEOUT_S,
+    )  # fmt: skip
+    first = next(stream)
+    stream.close()
+    assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", "q")
+
+    # kopf's progress annotations and finalizer go on the object, the results on status.
+    operator.patch_namespaced_custom_object(
+        group, version, release.namespace, plural, "q",
+        {"metadata": {"annotations": {"kopf.zalando.org/last-handled-configuration": "{}"}}},
+    )  # fmt: skip
+    operator.patch_namespaced_custom_object_status(
+        group, version, release.namespace, plural, "q",
+        {"status": {"observedGeneration": 1, "connectedWorkers": 3}},
+    )  # fmt: skip
+    stored = admin.get_namespaced_custom_object(group, version, release.namespace, plural, "q")
+    assert stored["status"]["connectedWorkers"] == 3
+
+    # Creating and deleting queues is GitOps' business, not the operator's.
+    assert _refused(
+        lambda: operator.create_namespaced_custom_object(
+            group, version, release.namespace, plural, _queue("mine")
+        )
+    ) == 403  # fmt: skip
+    assert _refused(
+        lambda: operator.delete_namespaced_custom_object(
+            group, version, release.namespace, plural, "q"
+        )
+    ) == 403  # fmt: skip
+
+
+def test_operator_account_manages_worker_deployments_and_autoscalers(
+    operator_client: kube_client.ApiClient, release: Release
+) -> None:
+    apps = kube_client.AppsV1Api(operator_client)
+    autoscaling = kube_client.AutoscalingV2Api(operator_client)
+    labels = {"jobqueue.dev/pool": "p"}
+    deployment = kube_client.V1Deployment(
+        metadata=kube_client.V1ObjectMeta(name="p-workers", labels=labels),
+        spec=kube_client.V1DeploymentSpec(
+            replicas=1,
+            selector=kube_client.V1LabelSelector(match_labels=labels),
+            template=kube_client.V1PodTemplateSpec(
+                metadata=kube_client.V1ObjectMeta(labels=labels),
+                spec=kube_client.V1PodSpec(
+                    containers=[kube_client.V1Container(name="worker", image="worker:test")]
+                ),
+            ),
+        ),
+    )
+
+    apps.create_namespaced_deployment(release.namespace, deployment)
+    apps.patch_namespaced_deployment("p-workers", release.namespace, {"spec": {"replicas": 3}})
+    assert apps.read_namespaced_deployment("p-workers", release.namespace).spec.replicas == 3
+    autoscaling.create_namespaced_horizontal_pod_autoscaler(
+        release.namespace,
+        kube_client.V2HorizontalPodAutoscaler(
+            metadata=kube_client.V1ObjectMeta(name="p-workers"),
+            spec=kube_client.V2HorizontalPodAutoscalerSpec(
+                scale_target_ref=kube_client.V2CrossVersionObjectReference(
+                    api_version=resources.API_VERSION, kind=resources.WORKER_POOL_KIND, name="p"
+                ),
+                min_replicas=1,
+                max_replicas=5,
+            ),
+        ),
+    )
+    assert autoscaling.list_namespaced_horizontal_pod_autoscaler(release.namespace).items
+    autoscaling.delete_namespaced_horizontal_pod_autoscaler("p-workers", release.namespace)
+    apps.delete_namespaced_deployment("p-workers", release.namespace)
+
+    # Pods are read (a worker's pod must belong to its pool), never made or removed.
+    core = kube_client.CoreV1Api(operator_client)
+    core.list_pod_for_all_namespaces(limit=1)
+    assert _refused(lambda: core.delete_collection_namespaced_pod(release.namespace)) == 403
+
+
+def test_operator_account_posts_events_and_reviews_tokens(
+    operator_client: kube_client.ApiClient, release: Release
+) -> None:
+    core = kube_client.CoreV1Api(operator_client)
+    events = kube_client.EventsV1Api(operator_client)
+    involved = kube_client.V1ObjectReference(
+        api_version=resources.API_VERSION, kind=resources.JOB_QUEUE_KIND,
+        name="q", namespace=release.namespace,
+    )  # fmt: skip
+    core.create_namespaced_event(
+        release.namespace,
+        kube_client.CoreV1Event(
+            metadata=kube_client.V1ObjectMeta(name=f"q.{uuid.uuid4().hex[:12]}"),
+            involved_object=involved,
+            reason="Reconciled",
+            message="The queue is ready.",
+            type="Normal",
+        ),
+    )
+    events.create_namespaced_event(
+        release.namespace,
+        kube_client.EventsV1Event(
+            metadata=kube_client.V1ObjectMeta(name=f"q.{uuid.uuid4().hex[:12]}"),
+            regarding=involved,
+            reason="Reconciled",
+            action="Reconcile",
+            note="The queue is ready.",
+            type="Normal",
+            event_time=datetime.now(UTC),
+            reporting_controller="jobqueue.dev/operator",
+            reporting_instance="operator-0",
+        ),
+    )
+
+    # A worker presents its ServiceAccount token; the operator asks who it is, then whether it
+    # may act. Here the operator's own token stands in for a worker's.
+    token = operator_client.configuration.api_key["authorization"]
+    review = kube_client.AuthenticationV1Api(operator_client).create_token_review(
+        kube_client.V1TokenReview(spec=kube_client.V1TokenReviewSpec(token=token))
+    )
+    assert review.status.authenticated is True
+    username = review.status.user.username
+    assert username == f"system:serviceaccount:{release.namespace}:{release.service_account}"
+    access = kube_client.AuthorizationV1Api(operator_client).create_subject_access_review(
+        kube_client.V1SubjectAccessReview(
+            spec=kube_client.V1SubjectAccessReviewSpec(
+                user=username,
+                resource_attributes=kube_client.V1ResourceAttributes(
+                    group=resources.GROUP, resource=resources.WORKER_POOL_PLURAL,
+                    verb="get", namespace=release.namespace,
+                ),
+            )
+        )
+    )  # fmt: skip
+    assert access.status.allowed is True
+
+
+def test_operator_account_reads_what_kopf_needs_cluster_wide(
+    operator_client: kube_client.ApiClient,
+) -> None:
+    core = kube_client.CoreV1Api(operator_client)
+    extensions = kube_client.ApiextensionsV1Api(operator_client)
+    custom = kube_client.CustomObjectsApi(operator_client)
+
+    assert core.list_namespace(limit=1).items
+    assert extensions.read_custom_resource_definition("jobqueues.jobqueue.dev")
+    peerings = custom.list_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings")
+    assert "jobqueue" in {item["metadata"]["name"] for item in peerings["items"]}
+    # Announcing itself in the peering object, as kopf's keep-alive does.
+    custom.patch_cluster_custom_object(
+        "kopf.dev", "v1", "clusterkopfpeerings", "jobqueue",
+        {"status": {"rbac-test": None}},
+    )  # fmt: skip
+
+
+def test_operator_account_is_refused_everything_else(
+    operator_client: kube_client.ApiClient, release: Release
+) -> None:
+    core = kube_client.CoreV1Api(operator_client)
+    rbac = kube_client.RbacAuthorizationV1Api(operator_client)
+    extensions = kube_client.ApiextensionsV1Api(operator_client)
+
+    assert _refused(lambda: core.delete_namespace(release.namespace)) == 403
+    assert _refused(lambda: core.list_namespaced_secret(release.namespace)) == 403
+    assert _refused(core.list_secret_for_all_namespaces) == 403
+    assert _refused(lambda: core.list_namespaced_config_map(release.namespace)) == 403
+    assert _refused(rbac.list_cluster_role) == 403
+    assert _refused(
+        lambda: extensions.delete_custom_resource_definition("jobqueues.jobqueue.dev")
+    ) == 403  # fmt: skip
+
+
+# The authorizer, permission by permission ---------------------------------------------------
+
+# Next to what the operator has: each would be a real widening of its power.
+NOT_GRANTED = [
+    ("", "secrets", "get"),
+    ("", "secrets", "list"),
+    ("", "configmaps", "get"),
+    ("", "pods", "create"),
+    ("", "pods", "delete"),
+    ("", "pods/exec", "create"),
+    ("", "namespaces", "delete"),
+    ("", "serviceaccounts/token", "create"),
+    ("jobqueue.dev", "jobqueues", "create"),
+    ("jobqueue.dev", "jobqueues", "delete"),
+    ("jobqueue.dev", "queueworkerpools", "delete"),
+    ("apps", "deployments/scale", "update"),
+    ("apps", "replicasets", "delete"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "create"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "patch"),
+    ("kopf.dev", "clusterkopfpeerings", "delete"),
+    ("rbac.authorization.k8s.io", "clusterrolebindings", "create"),
+]
+
+
+def _allowed(
+    api_client: kube_client.ApiClient, user: str, group: str, resource: str, verb: str
+) -> bool:
+    resource, _, subresource = resource.partition("/")
+    review = kube_client.AuthorizationV1Api(api_client).create_subject_access_review(
+        kube_client.V1SubjectAccessReview(
+            spec=kube_client.V1SubjectAccessReviewSpec(
+                user=user,
+                groups=["system:serviceaccounts", "system:authenticated"],
+                resource_attributes=kube_client.V1ResourceAttributes(
+                    group=group, resource=resource, subresource=subresource or None,
+                    verb=verb, namespace="anywhere",
+                ),
+            )
+        )
+    )  # fmt: skip
+    return bool(review.status.allowed)
+
+
+def test_authorizer_grants_exactly_the_decided_permissions(
+    kube_api_client: kube_client.ApiClient, release: Release
+) -> None:
+    user = f"system:serviceaccount:{release.namespace}:{release.service_account}"
+
+    denied = [p for p in sorted(OPERATOR_PERMISSIONS) if not _allowed(kube_api_client, user, *p)]
+    granted = [p for p in NOT_GRANTED if _allowed(kube_api_client, user, *p)]
+
+    assert denied == [], "the operator lacks permissions it needs"
+    assert granted == [], "the operator holds permissions beyond its role"
+
+
+def test_crds_installed_by_helm_are_the_repository_crds(
+    kube_api_client: kube_client.ApiClient, release: Release
+) -> None:
+    extensions = kube_client.ApiextensionsV1Api(kube_api_client)
+
+    for path in CRDS.glob("*.yaml"):
+        manifest = yaml.safe_load(path.read_text())
+        served = extensions.read_custom_resource_definition(manifest["metadata"]["name"])
+        assert served.spec.names.kind == manifest["spec"]["names"]["kind"]
+        assert [v.name for v in served.spec.versions] == [
+            v["name"] for v in manifest["spec"]["versions"]
+        ]
+
+
+# The real operator, with nothing but the chart's credentials --------------------------------
+
+OPERATOR_START_TIMEOUT_S = 90
+OPERATOR_STOP_TIMEOUT_S = 30
+EXAMPLES = CHART.parents[1] / "manifests" / "examples"
+
+
+def _token_kubeconfig(devenv: Environment, token: str, path: Path) -> Path:
+    """The admin kubeconfig's cluster (server and CA), with a bearer-token user instead."""
+    assert devenv.kubeconfig is not None
+    admin = yaml.safe_load(devenv.kubeconfig.read_text())
+    cluster = admin["clusters"][0]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "users": [{"name": "operator", "user": {"token": token}}],
+                "contexts": [
+                    {
+                        "name": "operator",
+                        "context": {"cluster": cluster["name"], "user": "operator"},
+                    }
+                ],
+                "current-context": "operator",
+            }
+        )
+    )
+    return path
+
+
+def _wait_for(
+    list_call: Callable[..., Any],
+    *arguments: Any,
+    predicate: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout_s: float = OPERATOR_START_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Watch a collection until an event's object satisfies ``predicate``; bounded in time."""
+    watcher = kube_watch.Watch()
+    for event in watcher.stream(list_call, *arguments, timeout_seconds=int(timeout_s)):
+        raw = event["raw_object"]
+        if event["type"] in ("ADDED", "MODIFIED") and predicate(raw):
+            watcher.stop()
+            return dict(raw)
+    raise AssertionError(f"{what} did not happen within {timeout_s:g} s")
+
+
+def _delete_and_wait(
+    custom: kube_client.CustomObjectsApi,
+    namespace: str,
+    plural: str,
+    timeout_s: float = OPERATOR_START_TIMEOUT_S,
+) -> None:
+    """Delete every object of ``plural`` in ``namespace``; return once all are gone."""
+    group, version = resources.GROUP, resources.VERSION
+    for item in custom.list_namespaced_custom_object(group, version, namespace, plural)["items"]:
+        custom.delete_namespaced_custom_object(
+            group, version, namespace, plural, item["metadata"]["name"]
+        )
+
+    # List, then watch from that list's version: a deletion is seen once, either way.
+    listed = custom.list_namespaced_custom_object(group, version, namespace, plural)
+    remaining = {item["metadata"]["name"] for item in listed["items"]}
+    if not remaining:
+        return
+    watcher = kube_watch.Watch()
+    for event in watcher.stream(
+        custom.list_namespaced_custom_object, group, version, namespace, plural,
+        resource_version=listed["metadata"]["resourceVersion"], timeout_seconds=int(timeout_s),
+    ):  # fmt: skip
+        if event["type"] == "DELETED":
+            remaining.discard(event["raw_object"]["metadata"]["name"])
+            if not remaining:
+                watcher.stop()
+                return
+    raise AssertionError(f"{sorted(remaining)} were not finalized within {timeout_s:g} s")
+
+
+def _condition(body: dict[str, Any], kind: str) -> str | None:
+    for item in (body.get("status") or {}).get("conditions") or []:
+        if item.get("type") == kind:
+            return str(item.get("status"))
+    return None
+
+
+def _observed(body: dict[str, Any]) -> bool:
+    status = body.get("status") or {}
+    return status.get("observedGeneration") == body["metadata"].get("generation")
+
+
+@pytest.mark.timeout(300)
+def test_operator_reconciles_with_only_the_chart_credentials(
+    devenv: Environment,
+    kube_api_client: kube_client.ApiClient,
+    release: Release,
+    database_url: str,
+    redis_url: str,
+    kafka: KafkaTarget,
+    tmp_path: Path,
+) -> None:
+    """jobqueue-operator, run with the chart's settings file and a token of the chart's
+    ServiceAccount, reconciles the examples: a Ready queue, two Deployments, an HPA."""
+    namespace = release.namespace
+    custom = kube_client.CustomObjectsApi(kube_api_client)
+    apps = kube_client.AppsV1Api(kube_api_client)
+    autoscaling = kube_client.AutoscalingV2Api(kube_api_client)
+    group, version = resources.GROUP, resources.VERSION
+
+    # The settings file exactly as the chart mounts it; only the addresses of the local
+    # servers, and a peering of the test's own, come from the environment.
+    config_map = kube_client.CoreV1Api(kube_api_client).read_namespaced_config_map(
+        f"{release.service_account}-config", namespace
+    )
+    settings_file = tmp_path / "config.yaml"
+    settings_file.write_text(config_map.data["config.yaml"])
+    kubeconfig = _token_kubeconfig(
+        devenv, _token_for(kube_api_client, release), tmp_path / "kubeconfig"
+    )
+    environment = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "JQ_CONFIG": str(settings_file),
+        "JQ_DATABASE_URL": database_url,
+        "JQ_REDIS_URL": redis_url,
+        "JQ_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "JQ_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+        "JQ_OPERATOR_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+        "JQ_OPERATOR_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+        "JQ_OPERATOR_PEERING_NAME": f"rbac-{uuid.uuid4().hex[:8]}",
+        # Other tests' resources elsewhere in the shared cluster are none of its business.
+        "JQ_OPERATOR_NAMESPACES": namespace,
+        "JQ_OPERATOR_STATUS_INTERVAL_S": "1",
+        "JQ_LOGGING_FORMAT": "text",
+        "POD_NAME": "operator-under-test",
+    }
+    log_path = tmp_path / "operator.log"
+    with log_path.open("wb") as log:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "jobqueue.operator.main"],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        for name in ("queue.yaml", "pool.yaml", "pool-autoscaling.yaml"):
+            manifest = yaml.safe_load((EXAMPLES / name).read_text())
+            plural = resources.PLURALS[manifest["kind"]]
+            custom.create_namespaced_custom_object(group, version, namespace, plural, manifest)
+
+        queue = _wait_for(
+            custom.list_namespaced_custom_object, group, version, namespace,
+            resources.JOB_QUEUE_PLURAL,
+            predicate=lambda body: body["metadata"]["name"] == "emails"
+            and _observed(body) and _condition(body, "Ready") == "True",
+            what="the queue emails becoming Ready",
+        )  # fmt: skip
+        assert queue["status"]["conditions"]
+        deployment = _wait_for(
+            apps.list_namespaced_deployment, namespace,
+            predicate=lambda body: body["metadata"]["name"] == "emails-workers",
+            what="the Deployment of emails-workers",
+        )  # fmt: skip
+        owner = deployment["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"]) == (resources.WORKER_POOL_KIND, "emails-workers")
+        assert deployment["spec"]["replicas"] == 2
+        autoscaler = _wait_for(
+            autoscaling.list_namespaced_horizontal_pod_autoscaler, namespace,
+            predicate=lambda body: body["metadata"]["name"] == "emails-autoscaled",
+            what="the HPA of emails-autoscaled",
+        )  # fmt: skip
+        assert autoscaler["spec"]["maxReplicas"] == 10
+        assert autoscaler["spec"]["scaleTargetRef"]["kind"] == resources.WORKER_POOL_KIND
+        pool = _wait_for(
+            custom.list_namespaced_custom_object, group, version, namespace,
+            resources.WORKER_POOL_PLURAL,
+            predicate=lambda body: body["metadata"]["name"] == "emails-workers"
+            and _observed(body),
+            what="emails-workers' status catching up",
+        )  # fmt: skip
+        assert pool["status"]["selector"]
+
+        # Deleting every queue here lets the operator run its finalizers before it stops, so
+        # nothing is left waiting on an operator that is gone.
+        _delete_and_wait(custom, namespace, resources.JOB_QUEUE_PLURAL)
+    finally:
+        operator.terminate()
+        try:
+            returncode = operator.wait(timeout=OPERATOR_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            returncode = operator.wait()
+        log_text = log_path.read_text(errors="replace")
+        print(log_text[-6000:])
+
+    # Not one call of the operator was refused: the role covers everything it did.
+    refusals = re.findall(r".*(?:\b403\b|[Ff]orbidden).*", log_text)
+    assert not refusals, "\n".join(refusals[:5])
+    assert returncode == 0, log_text[-4000:]

@@ -1,0 +1,355 @@
+"""The Helm chart as Helm renders it: lint, the schema's refusals, and what each object says.
+
+Everything goes through the real ``helm`` binary (``helm lint`` and ``helm template``), so a
+template error, a schema refusal or a rendering surprise shows here as it would at install.
+Installation into a real API server, and what the rendered RBAC then allows, are in
+``tests/integration/deploy/test_helm_install.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+import yaml
+
+from jobqueue import config as jobqueue_config
+from tests.deploy_helpers import (
+    CHART,
+    CRDS,
+    FULL_VALUES,
+    OPERATOR_PERMISSIONS,
+    helm,
+    only,
+    permissions,
+    render,
+)
+
+
+@pytest.fixture(scope="module")
+def default_documents() -> list[dict[str, Any]]:
+    return render()
+
+
+@pytest.fixture(scope="module")
+def full_documents() -> list[dict[str, Any]]:
+    return render(FULL_VALUES)
+
+
+def _write_values(tmp_path: Path, values: dict[str, Any]) -> Path:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+# Lint and render --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["default-values", "full-values"])
+def test_chart_passes_strict_lint(values: Path | None) -> None:
+    arguments = ["lint", "--strict", str(CHART)] + (["--values", str(values)] if values else [])
+
+    result = helm(*arguments)
+
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+def test_default_values_render_the_operator_and_nothing_optional(
+    default_documents: list[dict[str, Any]],
+) -> None:
+    kinds = sorted(document["kind"] for document in default_documents)
+
+    assert kinds == sorted(
+        ["CustomResourceDefinition"] * 3
+        + ["ClusterRole", "ClusterRoleBinding", "ConfigMap"]
+        + ["Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
+    )
+
+
+def test_full_values_render_every_optional_object(full_documents: list[dict[str, Any]]) -> None:
+    assert only(full_documents, "ServiceMonitor")["metadata"]["labels"]["release"] == "prometheus"
+    assert only(full_documents, "PrometheusRule")["metadata"]["name"] == "jq"
+    assert only(full_documents, "ConfigMap", "jq-dashboard")["data"]["jobqueue.json"]
+    workers = [
+        document["metadata"]["namespace"]
+        for document in full_documents
+        if document["kind"] == "ServiceAccount"
+        and document["metadata"]["name"] == "jobqueue-worker"
+    ]
+    assert sorted(workers) == ["team-a", "team-b"]
+    assert only(full_documents, "Service")["spec"]["type"] == "LoadBalancer"
+    assert only(full_documents, "Deployment")["spec"]["replicas"] == 3
+
+
+# The schema refuses bad values ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "complaint"),
+    [
+        ({"replicas": "two"}, "/replicas", "want integer"),
+        ({"replica": 2}, "additional properties 'replica' not allowed", ""),
+        ({"image": {"repository": None}}, "/image", "missing property 'repository'"),
+        ({"image": {"repository": ""}}, "/image/repository", "minLength"),
+        ({"config": {"database": {"password": "hunter2"}}}, "/config/database", "'password'"),
+        ({"config": {"operator": {"grpc_address": ":1"}}}, "/config/operator", "grpc_address"),
+        ({"config": {"logging": {"level": "LOUD"}}}, "/config/logging/level", "must be one of"),
+        ({"ports": {"grpc": 70000}}, "/ports/grpc", "maximum"),
+        ({"service": {"type": "Internal"}}, "/service/type", "'ClusterIP', 'NodePort'"),
+        ({"podDisruptionBudget": {"maxUnavailable": "half"}}, "/podDisruptionBudget", ""),
+    ],
+)
+@pytest.mark.parametrize("command", ["template", "lint"])
+def test_bad_values_are_refused_naming_the_field(
+    tmp_path: Path, command: str, values: dict[str, Any], field: str, complaint: str
+) -> None:
+    path = _write_values(tmp_path, values)
+    arguments = [command, str(CHART), "--values", str(path)]
+    if command == "template":
+        arguments.insert(1, "jq")
+
+    result = helm(*arguments, check=False)
+
+    message = result.stdout + result.stderr
+    assert result.returncode != 0, message
+    assert "schema" in message or "values.yaml" in message, message
+    assert field in message, message
+    assert complaint in message, message
+
+
+def test_standalone_operator_must_run_alone(tmp_path: Path) -> None:
+    path = _write_values(tmp_path, {"replicas": 2, "config": {"operator": {"standalone": True}}})
+
+    result = helm("template", "jq", str(CHART), "--values", str(path), check=False)
+
+    assert result.returncode != 0
+    assert "config.operator.standalone" in result.stderr
+    assert "replicas: 1" in result.stderr
+
+
+def test_existing_service_account_must_be_named(tmp_path: Path) -> None:
+    path = _write_values(tmp_path, {"serviceAccount": {"create": False}})
+
+    result = helm("template", "jq", str(CHART), "--values", str(path), check=False)
+
+    assert result.returncode != 0
+    assert "serviceAccount.name: must name an existing ServiceAccount" in result.stderr
+
+
+# The operator's Deployment ----------------------------------------------------------------
+
+
+def _operator_container(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = only(documents, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return typing.cast(dict[str, Any], container)
+
+
+def _settings_file(documents: list[dict[str, Any]]) -> str:
+    """The settings file the operator's pods mount, found through the Deployment's volume."""
+    volumes = only(documents, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    name = next(volume["configMap"]["name"] for volume in volumes if volume["name"] == "config")
+    return str(only(documents, "ConfigMap", name)["data"]["config.yaml"])
+
+
+def test_operator_runs_locked_down(default_documents: list[dict[str, Any]]) -> None:
+    pod = only(default_documents, "Deployment")["spec"]["template"]["spec"]
+    container = _operator_container(default_documents)
+
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    # The image's numeric USER (see the Dockerfile) is the one the pod asks for.
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert "USER 10001:10001" in (CHART.parents[1] / "Dockerfile").read_text()
+    # A read-only root still needs somewhere to write scratch files.
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounts["tmp"] == "/tmp"
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+
+
+def test_operator_ports_probes_and_service_agree(full_documents: list[dict[str, Any]]) -> None:
+    container = _operator_container(full_documents)
+    service = only(full_documents, "Service")
+
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"grpc": 7443, "http": 9443}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        ("grpc", 7443, "grpc"),
+        ("metrics", 9443, "http"),
+    }
+    selector = only(full_documents, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"] == selector
+
+
+def test_default_ports_are_grpc_7070_and_http_9090(default_documents: list[dict[str, Any]]) -> None:
+    ports = {p["name"]: p["containerPort"] for p in _operator_container(default_documents)["ports"]}
+
+    assert ports == {"grpc": 7070, "http": 9090}
+
+
+def test_operator_knows_its_pod_name_and_settings_file(
+    default_documents: list[dict[str, Any]],
+) -> None:
+    container = _operator_container(default_documents)
+    env = {variable["name"]: variable for variable in container["env"]}
+
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["JQ_CONFIG"]["value"] == "/etc/jobqueue/config.yaml"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    assert mount == {"name": "config", "mountPath": "/etc/jobqueue", "readOnly": True}
+    assert yaml.safe_load(_settings_file(default_documents))["database"]["url"]
+    # No password Secret is named by default, so no password variable is set.
+    assert not [name for name in env if name.endswith("PASSWORD")]
+
+
+@pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["default-values", "full-values"])
+def test_settings_file_and_env_load_as_jobqueue_settings(
+    tmp_path: Path, values: Path | None
+) -> None:
+    documents = render(*([values] if values else []))
+    container = _operator_container(documents)
+    settings_path = tmp_path / "config.yaml"
+    settings_path.write_text(_settings_file(documents))
+
+    # The container's environment as the kubelet would build it, each Secret's value faked.
+    environ = {}
+    for variable in container["env"]:
+        if "value" in variable:
+            environ[variable["name"]] = variable["value"]
+        elif "secretKeyRef" in variable.get("valueFrom", {}):
+            reference = variable["valueFrom"]["secretKeyRef"]
+            environ[variable["name"]] = f"{reference['name']}/{reference['key']}"
+    environ["JQ_CONFIG"] = str(settings_path)
+    settings = jobqueue_config.load_settings(environ=environ)
+
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert settings.operator.grpc_address == f"0.0.0.0:{ports['grpc']}"
+    assert settings.operator.http_address == f"0.0.0.0:{ports['http']}"
+    assert settings.database.url
+    # Worker pods are pointed at this release's Service, on its gRPC port.
+    service = only(documents, "Service")["metadata"]["name"]
+    assert settings.operator.service_address == f"{service}.jobqueue.svc:{ports['grpc']}"
+    if values is None:
+        assert settings.database.password is None
+        assert settings.logging.format == "json"
+    else:
+        assert settings.database.password == "jobqueue-postgres/password"
+        assert settings.redis.password == "jobqueue-redis/redis-password"
+        assert settings.kafka.sasl_password == "jobqueue-kafka/sasl-password"
+        assert settings.kafka.security_protocol == "SASL_SSL"
+        assert settings.operator.lease_s == 60
+
+
+def test_changed_settings_roll_the_operator() -> None:
+    def checksum(*sets: str) -> str:
+        deployment = only(render(sets=sets), "Deployment")
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum() == checksum()
+    assert checksum() != checksum("config.logging.level=DEBUG")
+
+
+def test_values_schema_config_tracks_jobqueue_settings() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    sections = schema["properties"]["config"]["properties"]
+    hints = typing.get_type_hints(jobqueue_config.Settings)
+
+    # Worker settings belong to worker pods, not to the operator's file.
+    assert set(sections) == {f.name for f in dataclasses.fields(jobqueue_config.Settings)} - {
+        "worker"
+    }
+    for section, section_schema in sections.items():
+        section_type = hints[section]
+        fields = {f.name: f for f in dataclasses.fields(section_type)}
+        field_hints = typing.get_type_hints(section_type)
+        # Secrets come from Secrets; the listen addresses from `ports`.
+        expected = {
+            name
+            for name, spec in fields.items()
+            if not spec.metadata.get("secret") and name not in ("grpc_address", "http_address")
+        }
+        assert set(section_schema["properties"]) == expected, section
+        assert section_schema["additionalProperties"] is False
+        for name, property_schema in section_schema["properties"].items():
+            hint = field_hints[name]
+            literals = [a for a in get_args(hint) if typing.get_origin(a) is typing.Literal]
+            if typing.get_origin(hint) is typing.Literal:
+                literals = [hint]
+            if literals:
+                choices = {c for c in property_schema["enum"] if c is not None}
+                assert choices == set(get_args(literals[0])), f"{section}.{name}"
+            minimum = fields[name].metadata.get("minimum")
+            if minimum is not None:
+                assert property_schema["minimum"] == minimum, f"{section}.{name}"
+
+
+# RBAC -------------------------------------------------------------------------------------
+
+
+def test_cluster_role_grants_exactly_what_the_operator_uses(
+    default_documents: list[dict[str, Any]],
+) -> None:
+    role = only(default_documents, "ClusterRole")
+
+    granted = permissions(role)
+
+    assert granted == OPERATOR_PERMISSIONS, {
+        "missing": sorted(OPERATOR_PERMISSIONS - granted),
+        "extra": sorted(granted - OPERATOR_PERMISSIONS),
+    }
+    assert not any(resource == "secrets" for _, resource, _ in granted)
+
+
+def test_binding_names_the_chart_service_account(full_documents: list[dict[str, Any]]) -> None:
+    binding = only(full_documents, "ClusterRoleBinding")
+    account = only(full_documents, "ServiceAccount", "jobqueue-operator")
+    deployment = only(full_documents, "Deployment")
+
+    assert binding["roleRef"]["name"] == only(full_documents, "ClusterRole")["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "jobqueue-operator", "namespace": "jobqueue"}
+    ]
+    assert account["metadata"]["annotations"] == {"iam.example.com/role": "jobqueue"}
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "jobqueue-operator"
+
+
+def test_rbac_and_peering_can_be_left_to_someone_else() -> None:
+    documents = render(sets=["rbac.create=false", "peering.create=false"])
+
+    kinds = {document["kind"] for document in documents}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+
+
+# CRDs -------------------------------------------------------------------------------------
+
+
+def test_chart_crds_are_the_repository_crds() -> None:
+    repository = {path.name: path.read_bytes() for path in CRDS.glob("*.yaml")}
+    chart = {path.name: path.read_bytes() for path in (CHART / "crds").glob("*.yaml")}
+
+    assert repository, "no CRDs found in crds/"
+    assert set(chart) == set(repository), "run `make sync-crds`"
+    for name, content in repository.items():
+        assert chart[name] == content, f"helm/jobqueue/crds/{name} differs: `make sync-crds`"
+
+
+def test_peering_object_is_the_one_the_operator_peers_through() -> None:
+    documents = render(sets=["peering.create=true"])
+    peering = only(documents, "ClusterKopfPeering")
+    crd = only(documents, "CustomResourceDefinition", "clusterkopfpeerings.kopf.dev")
+
+    assert peering["apiVersion"] == "kopf.dev/v1"
+    assert peering["metadata"]["name"] == "jobqueue"
+    assert "namespace" not in peering["metadata"]
+    assert crd["spec"]["scope"] == "Cluster"

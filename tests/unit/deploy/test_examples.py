@@ -1,0 +1,71 @@
+"""The example resources and the Argo CD Application parse as what they claim to be.
+
+The API server's verdict on the examples is in ``tests/integration/deploy/test_manifests.py``
+(they are applied there); these checks need no server: each example parses with the same
+code the operator uses, and the Application's chart values pass the chart's schema.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jobqueue.resources import JobQueueSpec, WorkerPoolSpec
+from tests.deploy_helpers import CHART, MANIFESTS, REPOSITORY, helm
+
+EXAMPLES = MANIFESTS / "examples"
+
+
+def _load(name: str) -> dict[str, Any]:
+    document = yaml.safe_load((EXAMPLES / name).read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def test_queue_and_pools_parse_as_the_operator_reads_them() -> None:
+    queue = JobQueueSpec.from_manifest(_load("queue.yaml")["spec"])
+    pool = WorkerPoolSpec.from_manifest(_load("pool.yaml")["spec"])
+    autoscaled = _load("pool-autoscaling.yaml")
+    autoscaled_spec = WorkerPoolSpec.from_manifest(autoscaled["spec"])
+
+    assert pool.queue == autoscaled_spec.queue == _load("queue.yaml")["metadata"]["name"]
+    assert queue.max_attempts == 5
+    assert pool.autoscaling is None
+    assert autoscaled_spec.autoscaling is not None
+    assert autoscaled_spec.autoscaling.max_replicas == 10
+    assert autoscaled_spec.autoscaling.target_pending_per_worker == 20
+    # The HPA owns replicas; a GitOps-managed replicas field would fight it.
+    assert "replicas" not in autoscaled["spec"]
+
+
+def test_argocd_application_installs_this_chart_with_valid_values(tmp_path: Path) -> None:
+    application = _load("argocd-application.yaml")
+    source = application["spec"]["source"]
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(source["helm"]["valuesObject"]))
+
+    assert (application["apiVersion"], application["kind"]) == (
+        "argoproj.io/v1alpha1",
+        "Application",
+    )
+    assert REPOSITORY / source["path"] == CHART
+    assert "ServerSideApply=true" in application["spec"]["syncPolicy"]["syncOptions"]
+    ignored = application["spec"]["ignoreDifferences"]
+    assert {
+        "group": "jobqueue.dev",
+        "kind": "QueueWorkerPool",
+        "jsonPointers": ["/spec/replicas"],
+    } in (ignored)
+    helm("template", source["helm"]["releaseName"], str(CHART), "--values", str(values))
+
+
+def test_kind_values_pass_the_chart_schema() -> None:
+    result = helm(
+        "template", "jobqueue", str(CHART), "--namespace", "jobqueue-system",
+        "--values", str(MANIFESTS / "dev" / "helm-values.yaml"),
+    )  # fmt: skip
+
+    assert 'image: "ghcr.io/jobqueue/operator:0.1.0"' in result.stdout
+    assert "imagePullPolicy: Never" in result.stdout
