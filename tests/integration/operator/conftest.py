@@ -80,6 +80,7 @@ class Workers:
             **os.environ,
             "PYTHONPATH": str(REPOSITORY),
             "JQ_WORKER_DRAIN_GRACE_S": str(drain_grace_s),
+            "JQ_WORKER_TLS_INSECURE_PLAINTEXT": "true",
         }
         process = await asyncio.create_subprocess_exec(
             sys.executable,
