@@ -6,6 +6,9 @@ accepted), then the parts that may be degraded without stopping the queue: Redis
 the outbox relay to Kafka (events wait in PostgreSQL while the broker is away). Then it
 serves gRPC, runs the scheduler and, unless told not to, the kopf reconcilers.
 
+The gRPC API is TLS (``tls``: the certificate from files, rotated without a restart)
+unless the settings ask for plaintext by name, for local development.
+
 Shutdown (SIGTERM): stop accepting calls (gRPC grace period), stop dispatching, let
 the relay finish its batch, close the connections. Workers see their streams end and
 reconnect to another replica; their leases carry their running jobs across.
@@ -35,6 +38,7 @@ from jobqueue.operator.dispatch import Scheduler, SchedulerSettings
 from jobqueue.operator.monitor import QueueMonitor
 from jobqueue.operator.reconcile import Context, run_reconcilers
 from jobqueue.operator.services import AdminService, HeartbeatSink, JobService, WorkerService
+from jobqueue.operator.tls import server_credentials
 from jobqueue.resources import api_client_from_environment
 from jobqueue.state import LocalTokenBucket, RedisState
 from jobqueue.store import JobStore, apply_migrations
@@ -60,6 +64,8 @@ def database_dsn(settings: Settings) -> str:
         options["password"] = database.password
     if database.sslmode:
         options["sslmode"] = database.sslmode
+    if database.ssl_root_cert:
+        options["sslrootcert"] = database.ssl_root_cert
     return make_conninfo(database.url, **options)
 
 
@@ -90,6 +96,9 @@ async def _open_state(settings: Settings) -> RedisState | None:
         settings.redis.url,
         key_prefix=settings.redis.key_prefix,
         socket_timeout_s=settings.redis.socket_timeout_s,
+        username=settings.redis.username,
+        password=settings.redis.password,
+        ssl_ca_file=settings.redis.ssl_ca_file,
     )
 
 
@@ -190,6 +199,8 @@ async def _start_grpc(
     probe: Callable[[], Awaitable[Report]],
     settings: Settings,
 ) -> tuple[grpc.aio.Server, int]:
+    credentials = server_credentials(settings.operator.tls)  # before anything listens
+    # TODO: every caller is trusted: authentication and RBAC come next.
     server = grpc.aio.server()
     heartbeats = HeartbeatSink(state, ttl_s=scheduler.settings.lease_s) if state else None
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobService(store, scheduler), server)
@@ -198,9 +209,11 @@ async def _start_grpc(
     )
     admin = AdminService(store, scheduler, probe, drain_grace_s=settings.worker.drain_grace_s)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
-    # TODO: TLS and authentication arrive with the security work; until then the API is
-    # plaintext and open to anyone who can reach the port.
-    port = server.add_insecure_port(settings.operator.grpc_address)
+    address = settings.operator.grpc_address
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise ConfigError(
             f"operator.grpc_address: cannot listen on {settings.operator.grpc_address}"

@@ -46,6 +46,8 @@ def operator_settings(
             "JQ_OPERATOR_HTTP_ADDRESS": "",
             "JQ_OPERATOR_LEASE_S": str(lease_s),
             "JQ_OPERATOR_POLL_INTERVAL_S": "0.2",
+            # These tests are about dispatch, not TLS.
+            "JQ_OPERATOR_TLS_INSECURE_PLAINTEXT": "true",
         },
     )
 
