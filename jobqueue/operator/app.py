@@ -6,8 +6,9 @@ accepted), then the parts that may be degraded without stopping the queue: Redis
 the outbox relay to Kafka (events wait in PostgreSQL while the broker is away). Then it
 serves gRPC, runs the scheduler and, unless told not to, the kopf reconcilers.
 
-The gRPC API is TLS (``tls``: the certificate from files, rotated without a restart)
-unless the settings ask for plaintext by name, for local development.
+The gRPC API is TLS (``tls``: the certificate from files, rotated without a restart) and
+every call is authenticated and authorized against Kubernetes (``auth``) unless the
+settings turn either off by name, for local development.
 
 Shutdown (SIGTERM): stop accepting calls (gRPC grace period), stop dispatching, let
 the relay finish its batch, close the connections. Workers see their streams end and
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import grpc.aio
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from kubernetes import client as kube_client
 from psycopg.conninfo import make_conninfo
 
 from jobqueue.api.v1 import admin_pb2_grpc, jobs_pb2_grpc, workers_pb2_grpc
@@ -34,6 +36,7 @@ from jobqueue.config import Settings
 from jobqueue.errors import ConfigError, UnavailableError
 from jobqueue.events import OutboxRelay
 from jobqueue.health import Check, Report, run_checks, serve
+from jobqueue.operator.auth import KubernetesReviews, StoreDirectory, build_interceptor
 from jobqueue.operator.dispatch import Scheduler, SchedulerSettings
 from jobqueue.operator.monitor import QueueMonitor
 from jobqueue.operator.reconcile import Context, run_reconcilers
@@ -126,9 +129,17 @@ def kafka_metadata(bootstrap_servers: str, timeout_s: float = 2.0) -> None:
 
 @contextlib.asynccontextmanager
 async def running_operator(
-    settings: Settings, *, migrate: bool = True, with_kopf: bool = False
+    settings: Settings,
+    *,
+    migrate: bool = True,
+    with_kopf: bool = False,
+    api_client: kube_client.ApiClient | None = None,
 ) -> AsyncIterator[Parts]:
-    """Everything the operator runs, started; stopped when the block ends."""
+    """Everything the operator runs, started; stopped when the block ends.
+
+    ``api_client`` is the cluster the gRPC API checks callers against; without it, the
+    one of the environment (in-cluster, else ``$KUBECONFIG``).
+    """
     dsn = database_dsn(settings)
     if migrate:
         await asyncio.to_thread(apply_migrations, dsn)
@@ -148,7 +159,10 @@ async def running_operator(
         async def probe() -> Report:
             return await run_checks(checks)
 
-        server, port = await _start_grpc(store, scheduler, state, probe, settings)
+        interceptors = _auth_interceptors(settings, store, scheduler, api_client, stack)
+        server, port = await _start_grpc(
+            store, scheduler, state, probe, settings, interceptors=interceptors
+        )
         stack.push_async_callback(server.stop, GRPC_STOP_GRACE_S)
 
         monitor = QueueMonitor(
@@ -192,16 +206,41 @@ def _scheduler(store: JobStore, state: RedisState | None, settings: Settings) ->
     )
 
 
+def _auth_interceptors(
+    settings: Settings,
+    store: JobStore,
+    scheduler: Scheduler,
+    api_client: kube_client.ApiClient | None,
+    stack: contextlib.AsyncExitStack,
+) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptor that admits each call, or none when auth is off by name."""
+    auth = settings.operator.auth
+    if auth.mode == "none":
+        logger.warning(
+            "Authentication and authorization are OFF (operator.auth.mode: none): anyone who "
+            "reaches the gRPC API can submit, cancel and run jobs. Local development only."
+        )
+        return []
+    if api_client is None:
+        api_client = api_client_from_environment()
+        stack.callback(api_client.close)
+    reviews = KubernetesReviews(api_client)
+    stack.callback(reviews.close)
+    directory = StoreDirectory(store, namespace_ttl_s=auth.cache_ttl_s)
+    return [build_interceptor(auth, reviews, directory, scheduler.sessions.keys)]
+
+
 async def _start_grpc(
     store: JobStore,
     scheduler: Scheduler,
     state: RedisState | None,
     probe: Callable[[], Awaitable[Report]],
     settings: Settings,
+    *,
+    interceptors: list[grpc.aio.ServerInterceptor],
 ) -> tuple[grpc.aio.Server, int]:
     credentials = server_credentials(settings.operator.tls)  # before anything listens
-    # TODO: every caller is trusted: authentication and RBAC come next.
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=interceptors)
     heartbeats = HeartbeatSink(state, ttl_s=scheduler.settings.lease_s) if state else None
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobService(store, scheduler), server)
     workers_pb2_grpc.add_WorkerServiceServicer_to_server(

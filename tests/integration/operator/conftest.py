@@ -46,8 +46,10 @@ def operator_settings(
             "JQ_OPERATOR_HTTP_ADDRESS": "",
             "JQ_OPERATOR_LEASE_S": str(lease_s),
             "JQ_OPERATOR_POLL_INTERVAL_S": "0.2",
-            # These tests are about dispatch, not TLS.
+            # These tests are about dispatch; tests/integration/security runs the same
+            # operator with TLS, tokens and RBAC.
             "JQ_OPERATOR_TLS_INSECURE_PLAINTEXT": "true",
+            "JQ_OPERATOR_AUTH_MODE": "none",
         },
     )
 
