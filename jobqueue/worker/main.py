@@ -33,7 +33,7 @@ import grpc.aio
 
 from jobqueue import __version__, health, logs
 from jobqueue.channels import ChannelSecurity, open_aio_channel
-from jobqueue.config import DEFAULT_TOKEN_FILE, WorkerSettings, load_settings
+from jobqueue.config import DEFAULT_TOKEN_FILE, WorkerSettings, load_settings, split_list
 from jobqueue.credentials import TokenFile
 from jobqueue.errors import ConfigError, InvalidInputError, PermanentError
 from jobqueue.worker.handlers import HandlerRegistry
@@ -146,6 +146,7 @@ def worker_config(args: argparse.Namespace, settings: WorkerSettings) -> WorkerC
         heartbeat_interval_s=settings.heartbeat_interval_s,
         drain_grace_s=settings.drain_grace_s,
         security=channel_security(args, settings),
+        job_env_overridable=frozenset(split_list(settings.job_env_overridable)),
     )
 
 

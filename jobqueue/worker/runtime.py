@@ -103,6 +103,8 @@ class WorkerConfig:
     version: str = __version__
     # TLS and the token the channel uses; the default verifies with the system's roots.
     security: ChannelSecurity = field(default_factory=ChannelSecurity)
+    # Variables of the worker's environment that a command job may set itself.
+    job_env_overridable: frozenset[str] = frozenset()
 
 
 class _Outage:
@@ -516,6 +518,7 @@ class Worker:
                 self._registry,
                 stop=attempt.stop_event,
                 kill_grace_s=self.config.kill_grace_s,
+                env_overridable=self.config.job_env_overridable,
             )
         except Exception as error:
             logger.exception("Attempt %d failed inside the worker", attempt.number, extra=fields)
