@@ -9,10 +9,13 @@ Errors arrive as the project's own: a gRPC status becomes ``NotFoundError``,
 ``InvalidInputError``, ``UnavailableError`` and so on (see ``_ERRORS_BY_CODE``), with the
 server's message, chained to the ``grpc.RpcError``.
 
-A ``token`` is sent as ``authorization: Bearer <token>`` metadata on every call. Over a
-plaintext channel anyone on the path can read it; use TLS wherever a token matters.
+Channels are TLS by default and verify the operator (``ca_file``, else the system's
+roots; ``server_name`` when the certificate names another host than the one dialled);
+``plaintext=True`` is for an operator that serves plaintext in development. A ``token``
+(a string, or a ``TokenSource`` such as a rotating file) is sent as ``authorization:
+Bearer <token>`` metadata on every call; the operator verifies it with Kubernetes.
 
-    with Client("localhost:7070", plaintext=True) as client:
+    with Client("jobqueue.example:7070", ca_file=Path("ca.crt"), token=token) as client:
         job = client.submit(job_spec("emails", command=["echo", "hi"]))
         final = client.wait(job.id, timeout_s=60)
 """
@@ -32,6 +35,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from jobqueue import errors
 from jobqueue.api.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from jobqueue.channels import ChannelSecurity, bearer_metadata, open_aio_channel, open_channel
+from jobqueue.credentials import StaticToken, TokenSource
 
 FINISHED_STATES = frozenset(
     {
@@ -110,14 +115,18 @@ def job_spec(
     return spec
 
 
-def channel_credentials(ca_file: Path | None) -> grpc.ChannelCredentials:
-    """TLS credentials that verify the server, with the system roots or ``ca_file``."""
-    return grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes() if ca_file else None)
-
-
-def _bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """The call metadata that proves who the caller is: a bearer token, when there is one."""
-    return (("authorization", f"Bearer {token}"),) if token else ()
+def channel_security(
+    *,
+    plaintext: bool = False,
+    ca_file: Path | None = None,
+    server_name: str | None = None,
+    token: str | TokenSource | None = None,
+) -> ChannelSecurity:
+    """The client's constructor arguments as one ``ChannelSecurity``."""
+    source = StaticToken(token) if isinstance(token, str) else token
+    return ChannelSecurity(
+        insecure_plaintext=plaintext, ca_file=ca_file, server_name=server_name, token=source
+    )
 
 
 def _list_request(
@@ -145,15 +154,15 @@ class Client:
         *,
         plaintext: bool = False,
         ca_file: Path | None = None,
+        server_name: str | None = None,
         timeout_s: float = 30.0,
-        token: str | None = None,
+        token: str | TokenSource | None = None,
     ) -> None:
         self.timeout_s = timeout_s
-        self._metadata = _bearer_metadata(token)
-        if plaintext:
-            self._channel = grpc.insecure_channel(target)
-        else:
-            self._channel = grpc.secure_channel(target, channel_credentials(ca_file))
+        self._security = channel_security(
+            plaintext=plaintext, ca_file=ca_file, server_name=server_name, token=token
+        )
+        self._channel = open_channel(target, self._security)
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
 
@@ -173,7 +182,7 @@ class Client:
 
     def _call(self, method: Any, request: Any) -> Any:
         try:
-            return method(request, timeout=self.timeout_s, metadata=self._metadata)
+            return method(request, timeout=self.timeout_s, metadata=bearer_metadata(self._security))
         except grpc.RpcError as error:
             raise translate_error(error) from error
 
@@ -225,7 +234,9 @@ class Client:
         """The job now, then each change, until it finishes (or ``timeout_s`` passes)."""
         try:
             yield from self._jobs.Watch(
-                jobs_pb2.WatchJobRequest(id=job_id), timeout=timeout_s, metadata=self._metadata
+                jobs_pb2.WatchJobRequest(id=job_id),
+                timeout=timeout_s,
+                metadata=bearer_metadata(self._security),
             )
         except grpc.RpcError as error:
             raise translate_error(error) from error
@@ -299,15 +310,15 @@ class AsyncClient:
         *,
         plaintext: bool = False,
         ca_file: Path | None = None,
+        server_name: str | None = None,
         timeout_s: float = 30.0,
-        token: str | None = None,
+        token: str | TokenSource | None = None,
     ) -> None:
         self.timeout_s = timeout_s
-        self._metadata = _bearer_metadata(token)
-        if plaintext:
-            self._channel = grpc.aio.insecure_channel(target)
-        else:
-            self._channel = grpc.aio.secure_channel(target, channel_credentials(ca_file))
+        self._security = channel_security(
+            plaintext=plaintext, ca_file=ca_file, server_name=server_name, token=token
+        )
+        self._channel = open_aio_channel(target, self._security, send_token=False)
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
 
@@ -327,7 +338,9 @@ class AsyncClient:
 
     async def _call(self, method: Any, request: Any) -> Any:
         try:
-            return await method(request, timeout=self.timeout_s, metadata=self._metadata)
+            return await method(
+                request, timeout=self.timeout_s, metadata=bearer_metadata(self._security)
+            )
         except grpc.RpcError as error:
             raise translate_error(error) from error
 
@@ -380,7 +393,9 @@ class AsyncClient:
     ) -> AsyncIterator[jobs_pb2.Job]:
         try:
             async for job in self._jobs.Watch(
-                jobs_pb2.WatchJobRequest(id=job_id), timeout=timeout_s, metadata=self._metadata
+                jobs_pb2.WatchJobRequest(id=job_id),
+                timeout=timeout_s,
+                metadata=bearer_metadata(self._security),
             ):
                 yield job
         except grpc.RpcError as error:
@@ -395,11 +410,48 @@ class AsyncClient:
             raise errors.UnavailableError(f"the watch of job {job_id} ended without an update")
         return last
 
+    async def queues(self) -> list[admin_pb2.Queue]:
+        response: admin_pb2.ListQueuesResponse = await self._call(
+            self._admin.ListQueues, admin_pb2.ListQueuesRequest()
+        )
+        return list(response.queues)
+
     async def queue_stats(self, queue: str) -> admin_pb2.QueueStats:
         stats: admin_pb2.QueueStats = await self._call(
             self._admin.GetQueueStats, admin_pb2.GetQueueStatsRequest(queue=queue)
         )
         return stats
+
+    async def pause(self, queue: str) -> admin_pb2.Queue:
+        result: admin_pb2.Queue = await self._call(
+            self._admin.PauseQueue, admin_pb2.PauseQueueRequest(queue=queue)
+        )
+        return result
+
+    async def resume(self, queue: str) -> admin_pb2.Queue:
+        result: admin_pb2.Queue = await self._call(
+            self._admin.ResumeQueue, admin_pb2.ResumeQueueRequest(queue=queue)
+        )
+        return result
+
+    async def workers(self, queue: str = "") -> list[admin_pb2.Worker]:
+        response: admin_pb2.ListWorkersResponse = await self._call(
+            self._admin.ListWorkers, admin_pb2.ListWorkersRequest(queue=queue)
+        )
+        return list(response.workers)
+
+    async def drain(self, worker_id: str) -> admin_pb2.Worker:
+        worker: admin_pb2.Worker = await self._call(
+            self._admin.DrainWorker, admin_pb2.DrainWorkerRequest(worker_id=worker_id)
+        )
+        return worker
+
+    async def shutdown(self, worker_id: str, reason: str = "") -> admin_pb2.Worker:
+        worker: admin_pb2.Worker = await self._call(
+            self._admin.ShutdownWorker,
+            admin_pb2.ShutdownWorkerRequest(worker_id=worker_id, reason=reason),
+        )
+        return worker
 
     async def system_status(self) -> admin_pb2.SystemStatusResponse:
         status: admin_pb2.SystemStatusResponse = await self._call(

@@ -10,7 +10,9 @@ the setting and says what was expected (``ConfigError``). A secret (a password) 
 the file rather than the environment is accepted with a warning: files are read by more
 people and tools than environment variables from Secrets are.
 
-The sections are frozen dataclasses; each field's comment is its documentation.
+The sections are frozen dataclasses; each field's comment is its documentation. A section
+may nest another (``operator.tls``): its settings are written as a mapping in the file and
+as ``JQ_OPERATOR_TLS_<FIELD>`` in the environment.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 ENVIRONMENT_PREFIX = "JQ_"
 
+# Where the kubelet mounts a pod's ServiceAccount token.
+DEFAULT_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
 
 def _secret() -> Any:
     """Field metadata marking a secret: it should come from the environment."""
@@ -50,6 +55,9 @@ class DatabaseSettings:
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
         None
     )
+    # CA bundle that verifies the server's certificate (libpq's sslrootcert), for verify-ca
+    # and verify-full; unset uses libpq's default (~/.postgresql/root.crt).
+    ssl_root_cert: str | None = None
     # Connections each process keeps open at least and at most.
     pool_min_size: int = field(default=2, metadata={"minimum": 1})
     pool_max_size: int = field(default=20, metadata={"minimum": 1})
@@ -61,8 +69,12 @@ class DatabaseSettings:
 class RedisSettings:
     # Redis URL (redis:// or rediss:// for TLS); unset runs without Redis (polling only).
     url: str | None = None
+    # User name for Redis ACLs; unset uses the URL's, or the default user.
+    username: str | None = None
     # Password, kept out of the URL so it can come from a Secret.
     password: str | None = _secret()
+    # CA bundle that verifies the server with rediss://; unset uses the system's roots.
+    ssl_ca_file: str | None = None
     # Prefix of every key jobqueue writes, so several installations can share one Redis.
     key_prefix: str = "jobqueue:"
     # Seconds a Redis call may take before it counts as unavailable.
@@ -75,12 +87,48 @@ class KafkaSettings:
     bootstrap_servers: str | None = None
     # Prefix of the six lifecycle topics (<prefix>job.submitted, ...).
     topic_prefix: str = "jobqueue."
+    # How clients reach the brokers; SASL_SSL (or SSL) wherever the network is shared.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # The SASL mechanism, required with the SASL_* protocols.
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    # The SASL user name; its password comes from a Secret (JQ_KAFKA_SASL_PASSWORD).
     sasl_username: str | None = None
     sasl_password: str | None = _secret()
     # CA bundle that verifies the brokers when security_protocol uses SSL.
     ssl_ca_location: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerTLSSettings:
+    # PEM certificate chain the gRPC API presents (tls.crt of a cert-manager Secret). The
+    # files are watched: a rotated certificate is served to new connections, no restart.
+    cert_file: str | None = None
+    # PEM private key of that certificate (tls.key).
+    key_file: str | None = None
+    # Serve gRPC without TLS. Only for local development: tokens and job payloads then
+    # cross the network in the clear. Without it, and without a certificate, the operator
+    # refuses to start.
+    insecure_plaintext: bool = False
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    # "kubernetes": every call carries a bearer token that a TokenReview verifies, and a
+    # SubjectAccessReview allows (see docs/security.md). "none" turns both off, for local
+    # development only; the operator logs a warning when it starts that way.
+    mode: Literal["kubernetes", "none"] = "kubernetes"
+    # Comma-separated audiences a token must be issued for; unset accepts the API
+    # server's own audience (the default of ServiceAccount and kubeconfig tokens).
+    audiences: str = ""
+    # Seconds a TokenReview or SubjectAccessReview answer is reused: how long a revoked
+    # token or RoleBinding may still be honoured, traded against calls to the API server.
+    cache_ttl_s: float = field(default=10.0, metadata={"minimum": 0.0})
+    # Most answers each cache keeps; the least recently used are forgotten first.
+    cache_size: int = field(default=10000, metadata={"minimum": 1})
+    # Comma-separated users (system:serviceaccount:<namespace>:<name>) whose workers may
+    # register without a token bound to a pod of their pool: local worker processes in
+    # development and tests. They still need the "work" verb on the queue.
+    unbound_workers: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,6 +153,23 @@ class OperatorSettings:
     # Comma-separated namespaces whose JobQueues and pools this operator reconciles;
     # empty reconciles every namespace (cluster-wide, the usual install).
     namespaces: str = ""
+    # TLS of the gRPC API.
+    tls: ServerTLSSettings = field(default_factory=ServerTLSSettings)
+    # Who may call the gRPC API, and what each caller may do.
+    auth: AuthSettings = field(default_factory=AuthSettings)
+
+
+@dataclass(frozen=True)
+class ClientTLSSettings:
+    # CA bundle that verifies the operator's certificate (ca.crt of its Secret); unset
+    # uses the system's roots.
+    ca_file: str | None = None
+    # The name the operator's certificate must carry, when it differs from the host
+    # dialled (a port-forward to localhost, an IP address).
+    server_name: str | None = None
+    # Talk to an operator that serves plaintext (operator.tls.insecure_plaintext). Only
+    # for local development: the token then crosses the network in the clear.
+    insecure_plaintext: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +185,16 @@ class WorkerSettings:
     heartbeat_interval_s: float = field(default=5.0, metadata={"minimum": 0.1})
     # Seconds running jobs get to finish after SIGTERM before they are stopped.
     drain_grace_s: float = field(default=30.0, metadata={"minimum": 0.0})
+    # The bearer token the worker proves itself with: its pod's ServiceAccount token,
+    # re-read whenever the kubelet rotates it. A missing file at this default path means
+    # no token (a local worker against an operator without authentication).
+    token_file: str = DEFAULT_TOKEN_FILE
+    # Names of the environment variables of this worker that a command job may set to a
+    # value of its own (comma-separated). Any other variable the worker has is the
+    # worker's, and a job that tries to set it fails (see docs/security.md).
+    job_env_overridable: str = ""
+    # How the worker verifies the operator.
+    tls: ClientTLSSettings = field(default_factory=ClientTLSSettings)
 
 
 @dataclass(frozen=True)
@@ -200,7 +275,13 @@ def _build_section(
     values: dict[str, Any] = {}
     for field_name, spec in known.items():
         setting = f"{name}.{field_name}"
-        variable = f"{ENVIRONMENT_PREFIX}{name}_{field_name}".upper()
+        variable = f"{ENVIRONMENT_PREFIX}{setting}".replace(".", "_").upper()
+        if dataclasses.is_dataclass(hints[field_name]):
+            nested = raw.get(field_name) or {}
+            if not isinstance(nested, dict):
+                raise ConfigError(f"{setting}: must be a mapping of settings, got {nested!r}")
+            values[field_name] = _build_section(setting, hints[field_name], nested, environ, path)
+            continue
         if variable in environ:
             values[field_name] = _parse(setting, hints[field_name], environ[variable], variable)
         elif field_name in raw:
@@ -306,3 +387,41 @@ def _check_consistency(settings: Settings) -> None:
             f"kafka.sasl_mechanism: must be set when kafka.security_protocol is "
             f"{kafka.security_protocol}"
         )
+    _check_transport_security(settings)
+
+
+def _check_transport_security(settings: Settings) -> None:
+    """Refuse settings that ask for TLS and plaintext at once: one of them would be ignored."""
+    tls = settings.operator.tls
+    if tls.insecure_plaintext and (tls.cert_file or tls.key_file):
+        raise ConfigError(
+            "operator.tls.insecure_plaintext: cannot be true while operator.tls.cert_file or "
+            "key_file is set; remove one of them"
+        )
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ConfigError("operator.tls.cert_file and operator.tls.key_file: set both or neither")
+    worker_tls = settings.worker.tls
+    if worker_tls.insecure_plaintext and (worker_tls.ca_file or worker_tls.server_name):
+        raise ConfigError(
+            "worker.tls.insecure_plaintext: cannot be true while worker.tls.ca_file or "
+            "server_name is set; remove one of them"
+        )
+    redis_url = settings.redis.url or ""
+    if settings.redis.ssl_ca_file and not redis_url.startswith("rediss://"):
+        raise ConfigError("redis.ssl_ca_file: is only used with a rediss:// (TLS) redis.url")
+    kafka = settings.kafka
+    if kafka.ssl_ca_location and not kafka.security_protocol.endswith("SSL"):
+        raise ConfigError(
+            f"kafka.ssl_ca_location: is only used when kafka.security_protocol is SSL or "
+            f"SASL_SSL, not {kafka.security_protocol}"
+        )
+    if settings.database.ssl_root_cert and settings.database.sslmode in ("disable", "allow"):
+        raise ConfigError(
+            f"database.ssl_root_cert: is not used with database.sslmode "
+            f"{settings.database.sslmode}; use verify-full"
+        )
+
+
+def split_list(text: str) -> list[str]:
+    """The items of a comma-separated setting, without blanks."""
+    return [item.strip() for item in text.split(",") if item.strip()]

@@ -90,6 +90,19 @@ GRPC_CALL_DURATION = Histogram(
     ["method", "code"],
     buckets=_FAST_BUCKETS,
 )
+GRPC_CALLS_REFUSED = Counter(
+    "jobqueue_grpc_calls_refused_total",
+    "gRPC calls refused before their method ran (authentication, authorization), by method "
+    "and status code.",
+    ["method", "code"],
+)
+AUTH_REVIEW_DURATION = Histogram(
+    "jobqueue_auth_review_duration_seconds",
+    "Calls the operator made to the Kubernetes API server to check a caller (TokenReview, "
+    "SubjectAccessReview, pod and pool reads), cache misses only.",
+    ["review"],
+    buckets=_FAST_BUCKETS,
+)
 
 # Worker ------------------------------------------------------------------------------
 

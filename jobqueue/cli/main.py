@@ -17,15 +17,20 @@ Exit codes are part of the interface scripts rely on:
     5  the server is unavailable or the deadline (``--timeout``) passed
     6  unauthenticated or permission denied
 
-Connection options (``-o``, ``--server``, ``--token``, ``--ca-file``, ``--insecure``) are
-accepted before the command or after it. ``--timeout`` is the deadline of each call in
-seconds and goes before the command, because ``job submit --timeout`` is the job's own
-execution timeout. A watch (``job watch``, ``--wait``) has no deadline.
+Connection options (``-o``, ``--server``, ``--token``, ``--ca-file``, ...) are accepted
+before the command or after it. ``--timeout`` is the deadline of each call in seconds and
+goes before the command, because ``job submit --timeout`` is the job's own execution
+timeout. A watch (``job watch``, ``--wait``) has no deadline.
 
-TLS: until the operator serves TLS (a later issue), ``jqctl`` speaks plaintext unless
-``--ca-file`` is given; TLS by default would make every command fail against today's
-operator. ``--insecure`` asks for plaintext explicitly and will keep meaning that once
-TLS is the default.
+TLS always, verifying the operator with ``--ca-file`` (``$JQ_CA_FILE``) or the system's
+roots; ``--tls-server-name`` when the certificate names another host than the one
+dialled (a port-forward). Plaintext only with ``--insecure-plaintext`` (``--insecure``),
+for an operator that serves plaintext in development.
+
+Identity: the operator knows callers by their Kubernetes token. The first of these is
+sent: ``--token``, ``--token-file``, ``$JQ_TOKEN``, ``$JQ_TOKEN_FILE``, else the token of
+the kubeconfig's current context (``--kubeconfig``, ``--context``, ``$KUBECONFIG``), when
+its user has one; a user with a client certificate has none to pass on.
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ from jobqueue.cli.arguments import UsageError, positive_seconds
 from jobqueue.cli.command import Command, ExitCode, Invocation, exit_code_for
 from jobqueue.cli.output import FORMATS, Output
 from jobqueue.client import Client
+from jobqueue.credentials import StaticToken, TokenFile, TokenSource, kubeconfig_token
 
 DEFAULT_SERVER = "localhost:7070"
+DEFAULT_KUBECONFIG = Path.home() / ".kube" / "config"
 DEFAULT_TIMEOUT_S = 10.0
 _INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
@@ -58,8 +65,11 @@ exit codes:
   6  unauthenticated or permission denied
 
 environment:
-  JQ_SERVER  the server's HOST:PORT when --server is not given (else localhost:7070)
-  JQ_TOKEN   the bearer token when --token is not given
+  JQ_SERVER      the server's HOST:PORT when --server is not given (else localhost:7070)
+  JQ_CA_FILE     the CA bundle when --ca-file is not given (else the system's roots)
+  JQ_TOKEN       the bearer token when neither --token nor --token-file is given
+  JQ_TOKEN_FILE  a file holding the bearer token, after JQ_TOKEN
+  KUBECONFIG     where the token comes from when none of the above is set
 """
 
 
@@ -78,10 +88,31 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, repeated: bool) 
     )
     parser.add_argument("--token", default=given(None), help="bearer token (or $JQ_TOKEN)")
     parser.add_argument(
-        "--ca-file", default=given(None), metavar="PATH", help="verify the server with TLS"
+        "--token-file", default=given(None), metavar="PATH", help="file holding the token"
     )
     parser.add_argument(
-        "--insecure", action="store_true", default=given(False), help="plaintext (today's default)"
+        "--kubeconfig", default=given(None), metavar="PATH", help="take the token from here"
+    )
+    parser.add_argument("--context", default=given(None), help="kubeconfig context to use")
+    parser.add_argument(
+        "--ca-file",
+        default=given(None),
+        metavar="PATH",
+        help="CA that verifies the server ($JQ_CA_FILE; else the system's roots)",
+    )
+    parser.add_argument(
+        "--tls-server-name",
+        default=given(None),
+        metavar="NAME",
+        help="name the server's certificate carries, if not the host dialled",
+    )
+    parser.add_argument(
+        "--insecure-plaintext",
+        "--insecure",
+        dest="insecure",
+        action="store_true",
+        default=given(False),
+        help="no TLS, for an operator serving plaintext in development",
     )
 
 
@@ -114,22 +145,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def connect(args: argparse.Namespace) -> Client:
-    """A client for the chosen server, plaintext unless ``--ca-file`` is given."""
+    """A client for the chosen server: TLS unless ``--insecure-plaintext``, with a token."""
     server = args.server or os.environ.get("JQ_SERVER") or DEFAULT_SERVER
-    token = args.token or os.environ.get("JQ_TOKEN") or None
-    if args.insecure and args.ca_file:
-        raise UsageError("--insecure (plaintext) and --ca-file (TLS) contradict each other")
-    ca_file = Path(args.ca_file) if args.ca_file else None
+    if args.insecure and (args.ca_file or args.tls_server_name):
+        raise UsageError(
+            "--insecure-plaintext and --ca-file or --tls-server-name (TLS) contradict each other"
+        )
+    ca_name = None if args.insecure else args.ca_file or os.environ.get("JQ_CA_FILE")
+    ca_file = Path(ca_name) if ca_name else None
+    if ca_file is not None and not os.access(ca_file, os.R_OK):
+        raise UsageError(f"cannot read --ca-file {ca_file}: no such file, or not readable")
     try:
         return Client(
             server,
-            plaintext=ca_file is None,
+            plaintext=args.insecure,
             ca_file=ca_file,
+            server_name=args.tls_server_name,
             timeout_s=args.timeout_s,
-            token=token,
+            token=token_source(args),
         )
-    except OSError as error:
-        raise UsageError(f"cannot read --ca-file {ca_file}: {error.strerror or error}") from error
+    except errors.ConfigError as error:
+        raise UsageError(str(error)) from error
+
+
+def token_source(args: argparse.Namespace) -> TokenSource | None:
+    """The caller's token, from the first place that has one (see the module docstring)."""
+    if args.token:
+        return StaticToken(args.token)
+    if args.token_file:
+        return _token_file(Path(args.token_file), "--token-file")
+    if os.environ.get("JQ_TOKEN"):
+        return StaticToken(os.environ["JQ_TOKEN"])
+    if os.environ.get("JQ_TOKEN_FILE"):
+        return _token_file(Path(os.environ["JQ_TOKEN_FILE"]), "$JQ_TOKEN_FILE")
+    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
+    if kubeconfig is None and not DEFAULT_KUBECONFIG.exists():
+        return None
+    try:
+        token = kubeconfig_token(Path(kubeconfig) if kubeconfig else None, args.context)
+    except errors.ConfigError as error:
+        raise UsageError(str(error)) from error
+    return StaticToken(token) if token else None
+
+
+def _token_file(path: Path, option: str) -> TokenFile:
+    source = TokenFile(path)
+    try:
+        source.check()
+    except errors.ConfigError as error:
+        raise UsageError(f"{option}: {error}") from error
+    return source
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -5,12 +5,16 @@ serving certificate (for 127.0.0.1 and localhost) and the client certificates; t
 client is in ``system:masters``. A second CA, for the aggregation layer's front proxy,
 lets the apiserver forward to extension API servers (an external metrics API, later).
 ServiceAccount tokens are signed with their own RSA key.
+
+``mint_serving_certificate`` gives the operator's gRPC API a certificate of its own, in
+the layout of a cert-manager Secret, for tests and the demo.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,3 +160,40 @@ def mint_control_plane_certificates(directory: Path) -> ControlPlaneCertificates
         service_account_key=private_path,
         service_account_public_key=public_path,
     )
+
+
+@dataclass(frozen=True)
+class ServingCertificate:
+    """A server certificate laid out as a cert-manager Secret mounts it."""
+
+    ca_path: Path  # ca.crt: what clients trust
+    cert_path: Path  # tls.crt
+    key_path: Path  # tls.key
+
+
+def mint_serving_certificate(
+    directory: Path, *, authority: str = "jobqueue-devenv-grpc-ca"
+) -> ServingCertificate:
+    """A fresh CA and a certificate it issued for localhost and 127.0.0.1, in ``directory``.
+
+    The files are written under cert-manager's names (``ca.crt``, ``tls.crt``,
+    ``tls.key``), so what the operator is pointed at in tests and the demo is what it
+    reads from a Secret in a cluster. Each call mints a new CA: a client that trusts an
+    earlier one does not trust this certificate, which is how tests see a rotation.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    served = ServingCertificate(directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
+    # The CA's own key is thrown away with the scratch directory: nothing else is issued.
+    with tempfile.TemporaryDirectory() as scratch:
+        ca = _Authority(Path(scratch), authority)
+        leaf = ca.issue("server", "jobqueue-operator", server=True)
+        served.ca_path.write_bytes(ca.pair.cert_path.read_bytes())
+        served.cert_path.write_bytes(leaf.cert_path.read_bytes())
+        _write_bytes_private(served.key_path, leaf.key_path.read_bytes())
+    return served
+
+
+def _write_bytes_private(path: Path, data: bytes) -> None:
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_bytes(data)

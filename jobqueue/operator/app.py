@@ -6,6 +6,10 @@ accepted), then the parts that may be degraded without stopping the queue: Redis
 the outbox relay to Kafka (events wait in PostgreSQL while the broker is away). Then it
 serves gRPC, runs the scheduler and, unless told not to, the kopf reconcilers.
 
+The gRPC API is TLS (``tls``: the certificate from files, rotated without a restart) and
+every call is authenticated and authorized against Kubernetes (``auth``) unless the
+settings turn either off by name, for local development.
+
 Shutdown (SIGTERM): stop accepting calls (gRPC grace period), stop dispatching, let
 the relay finish its batch, close the connections. Workers see their streams end and
 reconnect to another replica; their leases carry their running jobs across.
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 import grpc.aio
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from kubernetes import client as kube_client
 from psycopg.conninfo import make_conninfo
 
 from jobqueue.api.v1 import admin_pb2_grpc, jobs_pb2_grpc, workers_pb2_grpc
@@ -31,10 +36,13 @@ from jobqueue.config import Settings
 from jobqueue.errors import ConfigError, UnavailableError
 from jobqueue.events import OutboxRelay
 from jobqueue.health import Check, Report, run_checks, serve
+from jobqueue.operator.auth import KubernetesReviews, StoreDirectory, build_interceptor
 from jobqueue.operator.dispatch import Scheduler, SchedulerSettings
 from jobqueue.operator.monitor import QueueMonitor
 from jobqueue.operator.reconcile import Reconcilers, SchedulerLink
 from jobqueue.operator.services import AdminService, HeartbeatSink, JobService, WorkerService
+from jobqueue.operator.tls import server_credentials
+from jobqueue.resources import api_client_from_environment
 from jobqueue.state import LocalTokenBucket, RedisState
 from jobqueue.store import JobStore, apply_migrations
 
@@ -59,6 +67,8 @@ def database_dsn(settings: Settings) -> str:
         options["password"] = database.password
     if database.sslmode:
         options["sslmode"] = database.sslmode
+    if database.ssl_root_cert:
+        options["sslrootcert"] = database.ssl_root_cert
     return make_conninfo(database.url, **options)
 
 
@@ -89,6 +99,9 @@ async def _open_state(settings: Settings) -> RedisState | None:
         settings.redis.url,
         key_prefix=settings.redis.key_prefix,
         socket_timeout_s=settings.redis.socket_timeout_s,
+        username=settings.redis.username,
+        password=settings.redis.password,
+        ssl_ca_file=settings.redis.ssl_ca_file,
     )
 
 
@@ -116,9 +129,17 @@ def kafka_metadata(bootstrap_servers: str, timeout_s: float = 2.0) -> None:
 
 @contextlib.asynccontextmanager
 async def running_operator(
-    settings: Settings, *, migrate: bool = True, with_kopf: bool = False
+    settings: Settings,
+    *,
+    migrate: bool = True,
+    with_kopf: bool = False,
+    api_client: kube_client.ApiClient | None = None,
 ) -> AsyncIterator[Parts]:
-    """Everything the operator runs, started; stopped when the block ends."""
+    """Everything the operator runs, started; stopped when the block ends.
+
+    ``api_client`` is the cluster the gRPC API checks callers against; without it, the
+    one of the environment (in-cluster, else ``$KUBECONFIG``).
+    """
     dsn = database_dsn(settings)
     if migrate:
         await asyncio.to_thread(apply_migrations, dsn)
@@ -138,7 +159,10 @@ async def running_operator(
         async def probe() -> Report:
             return await run_checks(checks)
 
-        server, port = await _start_grpc(store, scheduler, state, probe, settings)
+        interceptors = _auth_interceptors(settings, store, scheduler, api_client, stack)
+        server, port = await _start_grpc(
+            store, scheduler, state, probe, settings, interceptors=interceptors
+        )
         stack.push_async_callback(server.stop, GRPC_STOP_GRACE_S)
 
         monitor = QueueMonitor(
@@ -182,14 +206,41 @@ def _scheduler(store: JobStore, state: RedisState | None, settings: Settings) ->
     )
 
 
+def _auth_interceptors(
+    settings: Settings,
+    store: JobStore,
+    scheduler: Scheduler,
+    api_client: kube_client.ApiClient | None,
+    stack: contextlib.AsyncExitStack,
+) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptor that admits each call, or none when auth is off by name."""
+    auth = settings.operator.auth
+    if auth.mode == "none":
+        logger.warning(
+            "Authentication and authorization are OFF (operator.auth.mode: none): anyone who "
+            "reaches the gRPC API can submit, cancel and run jobs. Local development only."
+        )
+        return []
+    if api_client is None:
+        api_client = api_client_from_environment()
+        stack.callback(api_client.close)
+    reviews = KubernetesReviews(api_client)
+    stack.callback(reviews.close)
+    directory = StoreDirectory(store, namespace_ttl_s=auth.cache_ttl_s)
+    return [build_interceptor(auth, reviews, directory, scheduler.sessions.keys)]
+
+
 async def _start_grpc(
     store: JobStore,
     scheduler: Scheduler,
     state: RedisState | None,
     probe: Callable[[], Awaitable[Report]],
     settings: Settings,
+    *,
+    interceptors: list[grpc.aio.ServerInterceptor],
 ) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server()
+    credentials = server_credentials(settings.operator.tls)  # before anything listens
+    server = grpc.aio.server(interceptors=interceptors)
     heartbeats = HeartbeatSink(state, ttl_s=scheduler.settings.lease_s) if state else None
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobService(store, scheduler), server)
     workers_pb2_grpc.add_WorkerServiceServicer_to_server(
@@ -197,9 +248,11 @@ async def _start_grpc(
     )
     admin = AdminService(store, scheduler, probe, drain_grace_s=settings.worker.drain_grace_s)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
-    # TODO: TLS and authentication arrive with the security work; until then the API is
-    # plaintext and open to anyone who can reach the port.
-    port = server.add_insecure_port(settings.operator.grpc_address)
+    address = settings.operator.grpc_address
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise ConfigError(
             f"operator.grpc_address: cannot listen on {settings.operator.grpc_address}"

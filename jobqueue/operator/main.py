@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import psycopg
 import redis.asyncio
@@ -27,6 +28,7 @@ from jobqueue.config import Settings, load_settings
 from jobqueue.errors import ConfigError, JobQueueError
 from jobqueue.health import Check, Health, run_checks
 from jobqueue.operator.app import database_dsn, kafka_metadata, running_operator
+from jobqueue.operator.tls import load_pair, server_credentials
 from jobqueue.resources import api_client_from_environment
 
 logger = logging.getLogger(__name__)
@@ -97,7 +99,10 @@ async def serve(settings: Settings, *, with_kopf: bool) -> None:
 
 async def dry_run(settings: Settings, *, with_cluster: bool) -> int:
     """Check each dependency; print one line each; 1 if any is unreachable."""
-    checks = [Check("postgresql", lambda: _check_database(settings), critical=True)]
+    checks = [
+        Check("postgresql", lambda: _check_database(settings), critical=True),
+        Check("tls", lambda: _check_tls(settings), critical=True),
+    ]
     if settings.redis.url:
         checks.append(Check("redis", lambda: _check_redis(settings), critical=True))
     if settings.kafka.bootstrap_servers:
@@ -108,6 +113,17 @@ async def dry_run(settings: Settings, *, with_cluster: bool) -> int:
     for result in report.results:
         print(f"{result.name:<11} {result.health.value:<9} {result.message}")
     return 0 if report.health is Health.OK else 1
+
+
+async def _check_tls(settings: Settings) -> None:
+    """The certificate and key load and belong together (or plaintext was asked for)."""
+    tls = settings.operator.tls
+    if tls.insecure_plaintext:
+        return
+    if not tls.cert_file or not tls.key_file:
+        server_credentials(tls)  # raises, saying what to set
+        return
+    load_pair(Path(tls.cert_file), Path(tls.key_file))
 
 
 async def _check_database(settings: Settings) -> None:

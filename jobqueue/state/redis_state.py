@@ -106,12 +106,23 @@ class RedisState:
         key_prefix: str = "jobqueue:",
         socket_timeout_s: float = 0.5,
         *,
+        username: str | None = None,
         password: str | None = None,
+        ssl_ca_file: str | None = None,
     ) -> RedisState:
-        """A client for ``url``. Does not connect: a process may start while Redis is down."""
+        """A client for ``url``. Does not connect: a process may start while Redis is down.
+
+        ``rediss://`` URLs use TLS and verify the server, with ``ssl_ca_file`` or the
+        system's roots; the credentials are kept out of the URL so they can come from a
+        Secret.
+        """
         options: dict[str, Any] = {}
+        if username is not None:
+            options["username"] = username
         if password is not None:
             options["password"] = password
+        if ssl_ca_file is not None:
+            options["ssl_ca_certs"] = ssl_ca_file
         client = redis.asyncio.Redis.from_url(
             url,
             socket_timeout=socket_timeout_s,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 from google.protobuf import duration_pb2
@@ -100,8 +101,12 @@ async def execute(
     *,
     stop: asyncio.Event,
     kill_grace_s: float,
+    env_overridable: Collection[str] = (),
 ) -> ExecutionResult:
-    """Run the assignment's command or handler to its end; never raises for the job's faults."""
+    """Run the assignment's command or handler to its end; never raises for the job's faults.
+
+    ``env_overridable`` names the worker's environment variables a command may set.
+    """
     kind = assignment.WhichOneof("kind")
     limit_s = timeout_s(assignment)
     try:
@@ -112,7 +117,13 @@ async def execute(
                 env=dict(command.env),
                 working_directory=command.working_directory,
             )
-            return await run_command(spec, timeout_s=limit_s, stop=stop, kill_grace_s=kill_grace_s)
+            return await run_command(
+                spec,
+                timeout_s=limit_s,
+                stop=stop,
+                kill_grace_s=kill_grace_s,
+                env_overridable=env_overridable,
+            )
         if kind == "python":
             python = PythonSpec(assignment.python.handler, assignment.python.arguments_json)
             return await run_python(python, registry, timeout_s=limit_s, stop=stop)

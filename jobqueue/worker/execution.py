@@ -10,9 +10,14 @@ everything it started: SIGTERM first, then SIGKILL after a grace period. Their c
 output is kept up to a limit (1 MiB); past it, reading goes on (a full pipe would block
 the program) but the bytes are dropped and the result says it was truncated.
 
-The job's environment is the worker's, minus the worker's own settings (``JQ_*``: the
-database and broker credentials among them), plus what the job asked for. A job may not
-set ``JQ_*`` names itself.
+The job's environment is the worker's, minus the worker's own settings (``JQ_*``), plus
+what the job asked for. What a job may ask for is limited, because whoever may submit
+jobs is not necessarily whoever configured the pool: a job may not set ``JQ_*`` names,
+nor any variable the worker's own environment already has (``PATH``, a proxy, the
+credentials the platform team gave the pool), unless the worker allows that name
+(``worker.job_env_overridable``). Such a job fails with a message naming the variable,
+before anything runs. Jobs still read the variables they inherit: a pool's environment
+is for its jobs, and what jobs must not see does not belong in it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +72,9 @@ class PythonSpec:
 
 
 def job_environment(
-    worker_environment: Mapping[str, str], requested: Mapping[str, str]
+    worker_environment: Mapping[str, str],
+    requested: Mapping[str, str],
+    overridable: Collection[str] = (),
 ) -> dict[str, str]:
     """The environment a command runs with; refuses names a job may not set."""
     for name in requested:
@@ -77,6 +84,11 @@ def job_environment(
             raise InvalidInputError(
                 f"command.env: {name} is reserved for the worker's own settings; "
                 f"a job may not set {_PROTECTED_PREFIX}* variables"
+            )
+        if name in worker_environment and name not in overridable:
+            raise InvalidInputError(
+                f"command.env: {name} is set by the worker's own environment and a job may "
+                f"not override it (the worker can allow it: worker.job_env_overridable)"
             )
         if "\0" in requested[name]:
             raise InvalidInputError(f"command.env: the value of {name} contains a NUL byte")
@@ -118,13 +130,16 @@ async def run_command(
     kill_grace_s: float = 5.0,
     output_limit: int = OUTPUT_LIMIT_BYTES,
     worker_environment: Mapping[str, str] | None = None,
+    env_overridable: Collection[str] = (),
 ) -> ExecutionResult:
     """Run ``spec.argv`` until it exits, times out, or ``stop`` is set (a cancel)."""
     began = time.monotonic()
     if not spec.argv:
         return ExecutionResult(Outcome.FAILED, error="command.argv is empty")
     environment = job_environment(
-        os.environ if worker_environment is None else worker_environment, spec.env
+        os.environ if worker_environment is None else worker_environment,
+        spec.env,
+        env_overridable,
     )
 
     try:

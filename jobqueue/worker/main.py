@@ -3,6 +3,11 @@
 Settings come from ``load_settings`` (the ``worker`` section of the file named by
 ``--config`` or ``JQ_CONFIG``, then ``JQ_WORKER_*`` variables); flags override both.
 
+The channel to the operator is TLS, verified with ``worker.tls.ca_file`` (the operator's
+CA) or the system's roots, and every call carries the pod's ServiceAccount token, read
+again whenever the kubelet rotates it. Plaintext needs ``--insecure-plaintext`` (or
+``worker.tls.insecure_plaintext``), for an operator that serves plaintext in development.
+
 SIGTERM or SIGINT starts a drain with ``worker.drain_grace_s``; a second one stops what
 still runs at once. Kubernetes sends SIGTERM on scale-down and rollouts, so its
 ``terminationGracePeriodSeconds`` should exceed the drain grace by the few seconds the
@@ -21,12 +26,15 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 import grpc.aio
 
 from jobqueue import __version__, health, logs
-from jobqueue.config import WorkerSettings, load_settings
+from jobqueue.channels import ChannelSecurity, open_aio_channel
+from jobqueue.config import DEFAULT_TOKEN_FILE, WorkerSettings, load_settings, split_list
+from jobqueue.credentials import TokenFile
 from jobqueue.errors import ConfigError, InvalidInputError, PermanentError
 from jobqueue.worker.handlers import HandlerRegistry
 from jobqueue.worker.runtime import Worker, WorkerConfig, new_worker_id
@@ -74,6 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
         "'' turns it off)",
     )
     parser.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        help="CA bundle that verifies the operator (worker.tls.ca_file; else system roots)",
+    )
+    parser.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="the name the operator's certificate carries, if not the host dialled "
+        "(worker.tls.server_name)",
+    )
+    parser.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        default=None,
+        help="talk plaintext to an operator without TLS; development only "
+        "(worker.tls.insecure_plaintext)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="bearer token to prove the worker's identity, re-read when it changes "
+        f"(worker.token_file; default {DEFAULT_TOKEN_FILE})",
+    )
+    parser.add_argument(
         "--log-format", choices=sorted(logs.FORMATS), help="log lines (logging.format)"
     )
     parser.add_argument(
@@ -113,6 +145,37 @@ def worker_config(args: argparse.Namespace, settings: WorkerSettings) -> WorkerC
         concurrency=concurrency,
         heartbeat_interval_s=settings.heartbeat_interval_s,
         drain_grace_s=settings.drain_grace_s,
+        security=channel_security(args, settings),
+        job_env_overridable=frozenset(split_list(settings.job_env_overridable)),
+    )
+
+
+def channel_security(args: argparse.Namespace, settings: WorkerSettings) -> ChannelSecurity:
+    """TLS and the token, flags over settings; a token file named on purpose must exist."""
+    tls = settings.tls
+    plaintext = tls.insecure_plaintext if args.insecure_plaintext is None else True
+    ca_file = args.ca_file or tls.ca_file
+    server_name = args.tls_server_name or tls.server_name
+    if plaintext and (ca_file or server_name):
+        raise ConfigError(
+            "--insecure-plaintext (worker.tls.insecure_plaintext) contradicts --ca-file and "
+            "--tls-server-name (worker.tls.ca_file, server_name); choose one"
+        )
+    if ca_file and not Path(ca_file).is_file():
+        raise ConfigError(f"--ca-file / worker.tls.ca_file: no such file {ca_file}")
+
+    token_path = Path(args.token_file or settings.token_file)
+    token = TokenFile(token_path)
+    if str(token_path) == DEFAULT_TOKEN_FILE and not token_path.exists():
+        # Not in a pod: fine against an operator without authentication, refused otherwise.
+        logger.warning("No ServiceAccount token at %s: calls carry no token.", token_path)
+    else:
+        token.check()
+    return ChannelSecurity(
+        insecure_plaintext=plaintext,
+        ca_file=Path(ca_file) if ca_file else None,
+        server_name=server_name,
+        token=token,
     )
 
 
@@ -123,15 +186,18 @@ def build_registry(names: Sequence[str]) -> HandlerRegistry:
     return registry
 
 
-async def operator_reachable(address: str, timeout_s: float) -> tuple[bool, str]:
-    """Whether a connection to ``address`` comes up, without registering anything."""
-    async with grpc.aio.insecure_channel(address) as channel:
+async def operator_reachable(
+    address: str, timeout_s: float, security: ChannelSecurity | None = None
+) -> tuple[bool, str]:
+    """Whether a connection to ``address`` comes up (TLS included), registering nothing."""
+    security = ChannelSecurity(insecure_plaintext=True) if security is None else security
+    async with open_aio_channel(address, security, send_token=False) as channel:
         try:
             async with asyncio.timeout(timeout_s):
                 state = channel.get_state(try_to_connect=True)
                 while state is not grpc.ChannelConnectivity.READY:
                     if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-                        return False, "the connection failed (nothing listens there?)"
+                        return False, "the connection failed (nothing listening, or TLS refused)"
                     await channel.wait_for_state_change(state)
                     state = channel.get_state(try_to_connect=True)
         except TimeoutError:
@@ -140,12 +206,15 @@ async def operator_reachable(address: str, timeout_s: float) -> tuple[bool, str]
 
 
 async def dry_run(config: WorkerConfig, registry: HandlerRegistry) -> int:
-    reachable, detail = await operator_reachable(config.operator_address, DRY_RUN_TIMEOUT_S)
+    reachable, detail = await operator_reachable(
+        config.operator_address, DRY_RUN_TIMEOUT_S, config.security
+    )
     print(f"operator:    {config.operator_address} ({detail})")
     print(f"worker id:   {config.worker_id}")
     print(f"queue:       {config.queue}")
     print(f"pool:        {config.pool or '-'}")
     print(f"concurrency: {config.concurrency}")
+    print(f"channel:     {_describe_security(config.security)}")
     print(f"handlers:    {', '.join(registry.names()) or '-'}")
     if not reachable:
         print(
@@ -154,6 +223,13 @@ async def dry_run(config: WorkerConfig, registry: HandlerRegistry) -> int:
         )
         return 1
     return 0
+
+
+def _describe_security(security: ChannelSecurity) -> str:
+    if security.insecure_plaintext:
+        return "PLAINTEXT (development only)"
+    verified = f"CA {security.ca_file}" if security.ca_file else "the system's roots"
+    return f"TLS, the operator verified with {verified}"
 
 
 async def serve(config: WorkerConfig, registry: HandlerRegistry, http_address: str) -> None:
@@ -191,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
+        # Configured before the rest is checked, which may warn (a missing token).
+        logs.configure(settings.logging.level, format=args.log_format or settings.logging.format)
         config = worker_config(args, settings.worker)
         if args.http_address:
             split_address(args.http_address, what="--http-address")
@@ -199,8 +277,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jobqueue-worker: {error}", file=sys.stderr)
         return 2
 
-    log_format = args.log_format or settings.logging.format
-    logs.configure(settings.logging.level, format=log_format)
     if args.dry_run:
         return asyncio.run(dry_run(config, registry))
     try:

@@ -41,6 +41,7 @@ import grpc.aio
 
 from jobqueue import __version__
 from jobqueue.api.v1 import workers_pb2, workers_pb2_grpc
+from jobqueue.channels import ChannelSecurity, open_aio_channel
 from jobqueue.errors import PermanentError
 from jobqueue.logs import job_fields
 from jobqueue.metrics import WORKER_JOBS, WORKER_RUNNING_JOBS
@@ -100,6 +101,10 @@ class WorkerConfig:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     hostname: str = field(default_factory=socket.gethostname)
     version: str = __version__
+    # TLS and the token the channel uses; the default verifies with the system's roots.
+    security: ChannelSecurity = field(default_factory=ChannelSecurity)
+    # Variables of the worker's environment that a command job may set itself.
+    job_env_overridable: frozenset[str] = frozenset()
 
 
 class _Outage:
@@ -212,11 +217,8 @@ class Worker:
         """
         address = self.config.operator_address
         options = channel_options(self.config.backoff)
-        # TODO: the channel is plaintext and unauthenticated: anyone on the network path
-        # can read job payloads and results, and anything that reaches the operator's
-        # port can register as a worker. Add TLS and a token before crossing untrusted
-        # networks.
-        async with grpc.aio.insecure_channel(address, options=options) as channel:
+        # TLS and the worker's token, as configured (see jobqueue.channels).
+        async with open_aio_channel(address, self.config.security, options) as channel:
             self._stub = workers_pb2_grpc.WorkerServiceStub(channel)
             name = self.config.worker_id
             background = [
@@ -516,6 +518,7 @@ class Worker:
                 self._registry,
                 stop=attempt.stop_event,
                 kill_grace_s=self.config.kill_grace_s,
+                env_overridable=self.config.job_env_overridable,
             )
         except Exception as error:
             logger.exception("Attempt %d failed inside the worker", attempt.number, extra=fields)

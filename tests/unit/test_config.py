@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,62 @@ def test_secrets_from_the_environment_raise_no_warning(
 
     assert settings.database.password == "hunter2"
     assert caplog.records == []
+
+
+def test_nested_sections_are_read_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "operator:\n  tls:\n    cert_file: /etc/tls/tls.crt\n    key_file: /etc/tls/tls.key\n"
+        "  auth:\n    cache_ttl_s: 30\n",
+    )
+
+    settings = load_settings(
+        path, environ={"JQ_OPERATOR_AUTH_MODE": "none", "JQ_WORKER_TLS_CA_FILE": "/ca.crt"}
+    )
+
+    assert settings.operator.tls.cert_file == "/etc/tls/tls.crt"
+    assert settings.operator.auth.cache_ttl_s == 30
+    assert settings.operator.auth.mode == "none"
+    assert settings.worker.tls.ca_file == "/ca.crt"
+
+
+def test_security_is_on_by_default() -> None:
+    settings = load_settings(environ={})
+
+    assert settings.operator.auth.mode == "kubernetes"
+    assert not settings.operator.tls.insecure_plaintext
+    assert not settings.worker.tls.insecure_plaintext
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"JQ_OPERATOR_TLS_INSECURE_PLAINTEXT": "true", "JQ_OPERATOR_TLS_CERT_FILE": "c"},
+            "operator.tls.insecure_plaintext: cannot be true",
+        ),
+        ({"JQ_OPERATOR_TLS_CERT_FILE": "c"}, "set both or neither"),
+        (
+            {"JQ_WORKER_TLS_INSECURE_PLAINTEXT": "yes", "JQ_WORKER_TLS_CA_FILE": "ca"},
+            "worker.tls.insecure_plaintext: cannot be true",
+        ),
+        (
+            {"JQ_OPERATOR_AUTH_MODE": "trust-me"},
+            "operator.auth.mode (from JQ_OPERATOR_AUTH_MODE): must be one of kubernetes, none",
+        ),
+        (
+            {"JQ_REDIS_URL": "redis://cache:6379/0", "JQ_REDIS_SSL_CA_FILE": "ca"},
+            "only used with a rediss://",
+        ),
+        ({"JQ_KAFKA_SSL_CA_LOCATION": "ca"}, "kafka.ssl_ca_location: is only used"),
+        (
+            {"JQ_DATABASE_SSLMODE": "disable", "JQ_DATABASE_SSL_ROOT_CERT": "ca"},
+            "database.ssl_root_cert: is not used",
+        ),
+    ],
+)
+def test_contradictory_transport_settings_are_refused(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(environ=environ)

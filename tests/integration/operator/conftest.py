@@ -53,6 +53,10 @@ def operator_settings(
             "JQ_OPERATOR_HTTP_ADDRESS": "",
             "JQ_OPERATOR_LEASE_S": str(lease_s),
             "JQ_OPERATOR_POLL_INTERVAL_S": "0.2",
+            # These tests are about dispatch; tests/integration/security runs the same
+            # operator with TLS, tokens and RBAC.
+            "JQ_OPERATOR_TLS_INSECURE_PLAINTEXT": "true",
+            "JQ_OPERATOR_AUTH_MODE": "none",
         },
     )
 
@@ -87,6 +91,7 @@ class Workers:
             **os.environ,
             "PYTHONPATH": str(REPOSITORY),
             "JQ_WORKER_DRAIN_GRACE_S": str(drain_grace_s),
+            "JQ_WORKER_TLS_INSECURE_PLAINTEXT": "true",
         }
         process = await asyncio.create_subprocess_exec(
             sys.executable,

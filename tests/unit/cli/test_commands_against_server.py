@@ -19,7 +19,8 @@ Captured = pytest.CaptureFixture[str]
 
 
 def jqctl(server: ScriptedServer, *argv: str) -> int:
-    return main(["--server", server.address, *argv])
+    # The scripted server speaks plaintext, as an operator in development may.
+    return main(["--server", server.address, "--insecure-plaintext", *argv])
 
 
 def _updates(
@@ -391,7 +392,7 @@ def test_the_server_comes_from_jq_server_when_not_given(
 ) -> None:
     monkeypatch.setenv("JQ_SERVER", server.address)
 
-    assert main(["queue", "list"]) == 0
+    assert main(["--insecure-plaintext", "queue", "list"]) == 0
     assert server.requests_of(admin_pb2.ListQueuesRequest)
 
 
@@ -400,7 +401,7 @@ def test_an_unreachable_server_exits_5(capsys: Captured) -> None:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
 
-    assert main(["--server", f"127.0.0.1:{closed_port}", "job", "get", "x"]) == 5
+    assert main(["--server", f"127.0.0.1:{closed_port}", "--insecure", "job", "get", "x"]) == 5
     assert capsys.readouterr().err.startswith("jqctl: error: ")
 
 

@@ -150,6 +150,35 @@ def test_job_may_not_set_reserved_or_malformed_variables(
         job_environment({"PATH": "/bin"}, requested)
 
 
+def test_job_may_not_override_what_the_workers_environment_sets() -> None:
+    worker_environment = {"PATH": "/bin", "SMTP_PASSWORD": "from-a-secret", "LANG": "C"}
+
+    with pytest.raises(InvalidInputError, match="SMTP_PASSWORD is set by the worker"):
+        job_environment(worker_environment, {"SMTP_PASSWORD": "mine"})
+    with pytest.raises(InvalidInputError, match=r"worker\.job_env_overridable"):
+        job_environment(worker_environment, {"PATH": "/tmp/evil"})
+
+
+def test_the_worker_may_allow_a_job_to_override_a_named_variable() -> None:
+    worker_environment = {"PATH": "/bin", "LANG": "C"}
+
+    environment = job_environment(worker_environment, {"LANG": "de_DE.UTF-8"}, {"LANG"})
+
+    assert environment == {"PATH": "/bin", "LANG": "de_DE.UTF-8"}
+    with pytest.raises(InvalidInputError, match="reserved"):
+        job_environment({"JQ_WORKER_QUEUE": "q"}, {"JQ_WORKER_QUEUE": "other"}, {"JQ_WORKER_QUEUE"})
+
+
+async def test_a_command_refused_for_its_environment_never_starts(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    spec = python_command(f"open({str(marker)!r}, 'w')", env={"HOME": "/elsewhere"})
+
+    with pytest.raises(InvalidInputError, match="HOME"):
+        await run_command(spec, timeout_s=30, worker_environment={"HOME": "/home/worker"})
+
+    assert not marker.exists()
+
+
 # Python handlers ----------------------------------------------------------------------
 
 registry = HandlerRegistry()

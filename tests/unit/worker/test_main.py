@@ -27,10 +27,12 @@ def worker_environment() -> dict[str, str]:
 
 
 async def run_worker(*arguments: str) -> asyncio.subprocess.Process:
+    # The scripted operator serves plaintext.
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "jobqueue.worker.main",
+        "--insecure-plaintext",
         *arguments,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

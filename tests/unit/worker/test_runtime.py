@@ -20,6 +20,7 @@ import grpc.aio
 import pytest
 
 from jobqueue.api.v1 import workers_pb2
+from jobqueue.channels import ChannelSecurity
 from jobqueue.errors import PermanentError
 from jobqueue.worker.connection import BackoffPolicy
 from jobqueue.worker.handlers import HandlerRegistry
@@ -90,6 +91,8 @@ class Harness:
             "final_report_timeout_s": 5.0,
             "kill_grace_s": 2.0,
             "backoff": BackoffPolicy(initial_s=0.01, cap_s=0.2),
+            # The scripted operator serves plaintext.
+            "security": ChannelSecurity(insecure_plaintext=True),
         }
         worker = Worker(WorkerConfig(**(settings | overrides)), registry)
         task = asyncio.create_task(worker.run(), name="worker under test")
