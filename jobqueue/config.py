@@ -105,6 +105,10 @@ class ServerTLSSettings:
     cert_file: str | None = None
     # PEM private key of that certificate (tls.key).
     key_file: str | None = None
+    # PEM bundle of the CA that issued cert_file (ca.crt of the same Secret). The operator
+    # copies it into a ConfigMap beside each worker pool, whose pods verify the operator
+    # with it; unset, worker pods verify against their image's system roots.
+    ca_file: str | None = None
     # Serve gRPC without TLS. Only for local development: tokens and job payloads then
     # cross the network in the clear. Without it, and without a certificate, the operator
     # refuses to start.

@@ -620,6 +620,7 @@ def apply_resource(
 # a {namespace} to fill in.
 _COLLECTIONS: Final[Mapping[tuple[str, str], str]] = MappingProxyType(
     {
+        ("v1", "ConfigMap"): "/api/v1/namespaces/{namespace}/configmaps",
         ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{namespace}/deployments",
         ("autoscaling/v2", "HorizontalPodAutoscaler"): (
             "/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers"

@@ -3,7 +3,11 @@
 The tour, each step on the real servers:
 
 1. install the CRDs; start ``jobqueue-operator`` as a process (kopf, gRPC, scheduler,
-   outbox relay to Kafka), reconciling the ``demo`` namespace;
+   outbox relay to Kafka), reconciling the ``demo`` namespace. Its gRPC API serves TLS
+   with a certificate minted for the demo, which the workers and jqctl verify; token
+   authentication is off (``operator.auth.mode: none``, and the operator says so in its
+   log), because the local environment's admin identity is a client certificate, not a
+   token (docs/security.md shows the real set-up);
 2. apply ``manifests/examples/queue.yaml`` and ``pool.yaml``; the queue's retries are
    shortened and command jobs allowed, so failures dead-letter within the demo's
    minute rather than the example's quarter of an hour;
@@ -38,6 +42,7 @@ from kubernetes import config as kube_config
 
 from jobqueue import resources
 from jobqueue.client import Client, job_spec
+from jobqueue.devenv.certificates import ServingCertificate, mint_serving_certificate
 from jobqueue.devenv.environment import Environment
 from jobqueue.devenv.processes import ManagedProcess, free_port, port_open
 from jobqueue.errors import UnavailableError
@@ -63,7 +68,8 @@ def run(environment: Environment, *, env_file: Path) -> None:
         _ensure_namespace(api)
 
         grpc_port = free_port()
-        operator = _start_operator(environment, grpc_port, root)
+        certificate = mint_serving_certificate(root / "grpc-tls")
+        operator = _start_operator(environment, grpc_port, root, certificate)
         stack.callback(operator.stop)
         _step(f"Operator started (gRPC on 127.0.0.1:{grpc_port}, log {operator.log_path})")
 
@@ -71,11 +77,20 @@ def run(environment: Environment, *, env_file: Path) -> None:
         _step(f"Applied JobQueue {queue} and QueueWorkerPool {pool} in namespace {NAMESPACE}")
         arguments, replicas = _worker_arguments(api, pool)
         for index in range(replicas):
-            worker = _start_worker(environment, arguments, grpc_port, f"{pool}-{index}", root)
+            name = f"{pool}-{index}"
+            worker = _start_worker(
+                environment,
+                arguments,
+                grpc_port=grpc_port,
+                name=name,
+                certificate=certificate,
+                root=root,
+            )
             stack.callback(worker.stop)
         _step(f"Started {replicas} workers as local processes with the Deployment's arguments")
 
-        with Client(f"127.0.0.1:{grpc_port}", plaintext=True, timeout_s=10) as client:
+        address = f"127.0.0.1:{grpc_port}"
+        with Client(address, ca_file=certificate.ca_path, timeout_s=10) as client:
             submitted = client.submit_batch(_jobs(queue))
         _step(f"Submitted {len(submitted)} jobs (some fail on purpose, then retry)")
 
@@ -83,7 +98,7 @@ def run(environment: Environment, *, env_file: Path) -> None:
         if not sys.stdin.isatty():
             _step("The queue has drained. (Run make demo in a terminal to keep it up.)")
             return
-        env_file.write_text(_exports(environment, grpc_port))
+        env_file.write_text(_exports(environment, grpc_port, certificate))
         try:
             _print_next_steps(env_file, grpc_port, submitted[0].id)
             with contextlib.suppress(KeyboardInterrupt):
@@ -112,10 +127,15 @@ def _child_environment(environment: Environment, **more: str) -> dict[str, str]:
     return variables
 
 
-def _start_operator(environment: Environment, grpc_port: int, root: Path) -> ManagedProcess:
+def _start_operator(
+    environment: Environment, grpc_port: int, root: Path, certificate: ServingCertificate
+) -> ManagedProcess:
     http_port = free_port()
     variables = _child_environment(
         environment,
+        JQ_OPERATOR_TLS_CERT_FILE=str(certificate.cert_path),
+        JQ_OPERATOR_TLS_KEY_FILE=str(certificate.key_path),
+        JQ_OPERATOR_AUTH_MODE="none",
         JQ_OPERATOR_GRPC_ADDRESS=f"127.0.0.1:{grpc_port}",
         JQ_OPERATOR_HTTP_ADDRESS=f"127.0.0.1:{http_port}",
         JQ_OPERATOR_SERVICE_ADDRESS=f"127.0.0.1:{grpc_port}",
@@ -168,7 +188,13 @@ def _worker_arguments(api: kube_client.ApiClient, pool: str) -> tuple[list[str],
 
 
 def _start_worker(
-    environment: Environment, arguments: list[str], grpc_port: int, name: str, root: Path
+    environment: Environment,
+    arguments: list[str],
+    *,
+    grpc_port: int,
+    name: str,
+    certificate: ServingCertificate,
+    root: Path,
 ) -> ManagedProcess:
     # The Deployment names the operator's Service; here the operator is on loopback.
     local = list(arguments)
@@ -190,7 +216,11 @@ def _start_worker(
             "text",
         ],
         log_path=root / f"{name}.log",
-        env=_child_environment(environment, JQ_WORKER_DRAIN_GRACE_S="5"),
+        env=_child_environment(
+            environment,
+            JQ_WORKER_DRAIN_GRACE_S="5",
+            JQ_WORKER_TLS_CA_FILE=str(certificate.ca_path),
+        ),
         cwd=REPOSITORY,
     )
     process.start()
@@ -256,11 +286,12 @@ def _kubectl(environment: Environment, *arguments: str) -> str:
     return completed.stdout if completed.returncode == 0 else completed.stderr
 
 
-def _exports(environment: Environment, grpc_port: int) -> str:
+def _exports(environment: Environment, grpc_port: int, certificate: ServingCertificate) -> str:
     lines = [
         f"export {name}={value}" for name, value in environment.endpoints.as_environment().items()
     ]
     lines.append(f"export JQ_SERVER=127.0.0.1:{grpc_port}")
+    lines.append(f"export JQ_CA_FILE={certificate.ca_path}")
     if environment.endpoints.kube_bin_dir:
         lines.append(f'export PATH={environment.endpoints.kube_bin_dir}:"$PATH"')
     return "\n".join(lines) + "\n"
@@ -271,12 +302,12 @@ def _print_next_steps(env_file: Path, grpc_port: int, job_id: str) -> None:
         f"""
 The queue has drained. Everything stays up until Ctrl-C; in another shell:
 
-  source {env_file}    # KUBECONFIG, kubectl on PATH, JQ_SERVER=127.0.0.1:{grpc_port}
+  source {env_file}    # KUBECONFIG, kubectl on PATH, JQ_SERVER and JQ_CA_FILE for jqctl
   kubectl get jobqueue-all -n {NAMESPACE}
   kubectl describe jq emails -n {NAMESPACE}
-  .venv/bin/jqctl --insecure queue stats emails
-  .venv/bin/jqctl --insecure job list --queue emails --state dead_lettered
-  .venv/bin/jqctl --insecure job events {job_id}
+  .venv/bin/jqctl queue stats emails
+  .venv/bin/jqctl job list --queue emails --state dead_lettered
+  .venv/bin/jqctl job events {job_id}
 """,
         flush=True,
     )

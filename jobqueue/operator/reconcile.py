@@ -40,6 +40,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import kopf
@@ -322,9 +323,12 @@ async def reconcile_pool(
         raise kopf.PermanentError(str(error)) from error
 
     address = context.settings.operator.service_address
-    deployment = workloads.deployment(body, spec, operator_address=address)
+    trust, ca_config_map = _operator_trust(context.settings, body)
+    deployment = workloads.deployment(body, spec, operator_address=address, trust=trust)
     autoscaler = workloads.autoscaler(body, spec)
     try:
+        if ca_config_map is not None:
+            await asyncio.to_thread(resources.apply_object, context.api, ca_config_map)
         await asyncio.to_thread(resources.apply_object, context.api, deployment)
         if autoscaler is not None:
             await asyncio.to_thread(resources.apply_object, context.api, autoscaler)
@@ -359,6 +363,25 @@ async def reconcile_pool(
     if not queue_found:
         kopf.warn(body, reason="QueueMissing", message=f"no JobQueue named {spec.queue} here")
     _announce(body, reason="DeploymentApplied", message=f"{spec.replicas} replicas wanted")
+
+
+def _operator_trust(
+    settings: Settings, body: kopf.Body
+) -> tuple[workloads.OperatorTrust, dict[str, Any] | None]:
+    """How the pool's workers will trust this operator, and the CA ConfigMap to apply."""
+    tls = settings.operator.tls
+    if tls.insecure_plaintext:
+        return workloads.OperatorTrust(plaintext=True), None
+    if not tls.ca_file:
+        return workloads.OperatorTrust(), None
+    try:
+        ca_pem = Path(tls.ca_file).read_text()
+    except OSError as error:
+        # Read at every reconcile: a rotated CA reaches the pools on their next update.
+        raise kopf.TemporaryError(f"operator.tls.ca_file: cannot read it: {error}") from error
+    manifest = workloads.ca_config_map(body, ca_pem)
+    name = str(manifest["metadata"]["name"])
+    return workloads.OperatorTrust(ca_config_map=name), manifest
 
 
 async def mirror_pool_status(

@@ -13,6 +13,13 @@ filesystem with a writable ``/tmp``, no privilege escalation, every capability d
 The termination grace period is the pool's drain grace plus a margin, so SIGTERM starts
 a drain and the kubelet's SIGKILL comes only after the worker had its chance to report.
 
+Worker pods verify the operator's TLS certificate. With ``operator.tls.ca_file`` set, the
+operator copies that CA into a ConfigMap ``<pool>-operator-ca`` beside the pool (owned by
+it, since a pod cannot mount a ConfigMap of another namespace) and mounts it into the
+pods; without it they trust their system roots; an operator serving plaintext tells its
+workers to do the same. Each pod proves who it is with its ServiceAccount token, which
+the kubelet mounts and rotates (see docs/security.md).
+
 Autoscaling targets the pool itself (its scale subresource), not the Deployment: the
 operator keeps copying ``spec.replicas`` to the Deployment, so there is one path for
 ``kubectl scale``, GitOps and the HPA. The HPA scales on the External metric
@@ -24,6 +31,7 @@ reports that the metric is missing and leaves the replicas alone.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from jobqueue.resources import API_VERSION, WORKER_POOL_KIND, WorkerPoolSpec
@@ -63,6 +71,38 @@ def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+CA_MOUNT_PATH: Final = "/etc/jobqueue/operator-ca"
+CA_KEY: Final = "ca.crt"
+
+
+@dataclass(frozen=True)
+class OperatorTrust:
+    """How a pool's workers trust the operator: plaintext, a CA ConfigMap, or system roots."""
+
+    plaintext: bool = False
+    ca_config_map: str | None = None  # the ConfigMap holding ca.crt, beside the pool
+
+
+def ca_config_map_name(pool: str) -> str:
+    return f"{pool}-operator-ca"
+
+
+def ca_config_map(body: Mapping[str, Any], ca_pem: str) -> dict[str, Any]:
+    """The ConfigMap carrying the operator's CA into a pool's namespace."""
+    metadata = body["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": ca_config_map_name(metadata["name"]),
+            "namespace": metadata["namespace"],
+            "labels": {**MANAGED_BY, POOL_LABEL: metadata["name"]},
+            "ownerReferences": [owner_reference(body)],
+        },
+        "data": {CA_KEY: ca_pem},
+    }
+
+
 def worker_arguments(pool: str, spec: WorkerPoolSpec, operator_address: str) -> list[str]:
     """The worker's command line: where the operator is, what it serves, how much at once."""
     return [
@@ -79,7 +119,11 @@ def worker_arguments(pool: str, spec: WorkerPoolSpec, operator_address: str) -> 
 
 
 def deployment(
-    body: Mapping[str, Any], spec: WorkerPoolSpec, *, operator_address: str
+    body: Mapping[str, Any],
+    spec: WorkerPoolSpec,
+    *,
+    operator_address: str,
+    trust: OperatorTrust = OperatorTrust(),
 ) -> dict[str, Any]:
     """The Deployment that runs a pool's workers, as a server-side apply document."""
     metadata = body["metadata"]
@@ -113,6 +157,16 @@ def deployment(
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    if trust.plaintext:
+        container["env"].insert(2, {"name": "JQ_WORKER_TLS_INSECURE_PLAINTEXT", "value": "true"})
+    elif trust.ca_config_map:
+        ca_file = f"{CA_MOUNT_PATH}/{CA_KEY}"
+        container["env"].insert(2, {"name": "JQ_WORKER_TLS_CA_FILE", "value": ca_file})
+        container["volumeMounts"].append(
+            {"name": "operator-ca", "mountPath": CA_MOUNT_PATH, "readOnly": True}
+        )
+        volumes.append({"name": "operator-ca", "configMap": {"name": trust.ca_config_map}})
     if template.env_from:
         container["envFrom"] = [dict(source) for source in template.env_from]
     if template.resources:
@@ -124,7 +178,7 @@ def deployment(
         "containers": [container],
         "terminationGracePeriodSeconds": spec.drain_grace_s + TERMINATION_MARGIN_S,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": volumes,
     }
     if template.service_account_name:
         pod_spec["serviceAccountName"] = template.service_account_name

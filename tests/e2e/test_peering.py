@@ -48,6 +48,9 @@ def start_replica(
         "JQ_OPERATOR_GRPC_ADDRESS": f"127.0.0.1:{port}",
         "JQ_OPERATOR_HTTP_ADDRESS": "",
         "JQ_LOGGING_FORMAT": "text",
+        # TLS and authentication have tests of their own (tests/integration/security).
+        "JQ_OPERATOR_TLS_INSECURE_PLAINTEXT": "true",
+        "JQ_OPERATOR_AUTH_MODE": "none",
     }
     with log.open("wb") as output:
         process = subprocess.Popen(

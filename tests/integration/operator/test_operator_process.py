@@ -31,6 +31,9 @@ def operator_environment(
         "JQ_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "JQ_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
         "JQ_LOGGING_FORMAT": "text",
+        # TLS and authentication have tests of their own (tests/integration/security).
+        "JQ_OPERATOR_TLS_INSECURE_PLAINTEXT": "true",
+        "JQ_OPERATOR_AUTH_MODE": "none",
         **more,
     }
 
@@ -56,7 +59,9 @@ def test_dry_run_reports_every_dependency_and_exits_zero(
 
     assert completed.returncode == 0, completed.stdout + completed.stderr
     lines = {line.split()[0]: line.split()[1] for line in completed.stdout.splitlines()}
-    assert lines == {"postgresql": "ok", "redis": "ok", "kafka": "ok", "kubernetes": "ok"}
+    assert lines == {
+        "postgresql": "ok", "redis": "ok", "kafka": "ok", "kubernetes": "ok", "tls": "ok"
+    }  # fmt: skip
 
 
 def test_dry_run_with_a_dependency_down_names_it_and_exits_one(

@@ -9,8 +9,10 @@ writes is read back until it shows, within a deadline.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -21,6 +23,7 @@ from jobqueue import errors, resources
 from jobqueue.client import job_spec
 from jobqueue.config import Settings
 from jobqueue.devenv import Environment
+from jobqueue.devenv.certificates import mint_serving_certificate
 from jobqueue.devenv.processes import free_port
 from jobqueue.store import AttemptRef, AttemptResult, JobKind, JobState, NewJob, Outcome
 from tests.conftest import KafkaTarget
@@ -355,6 +358,9 @@ async def test_pool_gets_an_owned_deployment_running_the_worker_for_its_queue(
         "jobqueue-operator.jobqueue-system.svc:7070"
     )
     assert container.security_context.read_only_root_filesystem is True
+    # This operator serves plaintext (a test set-up), so it tells its workers so.
+    env = {item.name: item.value for item in container.env}
+    assert env["JQ_WORKER_TLS_INSECURE_PLAINTEXT"] == "true"
     assert deployment.spec.template.spec.termination_grace_period_seconds == 60 + 15
 
     async def pool_ready_reported() -> bool:
@@ -369,6 +375,40 @@ async def test_pool_gets_an_owned_deployment_running_the_worker_for_its_queue(
         )
 
     await eventually(pool_ready_reported, what="the pool's status")
+
+
+async def test_an_operator_serving_tls_hands_its_ca_to_the_pool(
+    reconciling_settings: Settings, kube: Kube, tmp_path: Path
+) -> None:
+    certificate = mint_serving_certificate(tmp_path / "tls")
+    operator = dataclasses.replace(
+        reconciling_settings.operator,
+        tls=dataclasses.replace(
+            reconciling_settings.operator.tls,
+            insecure_plaintext=False,
+            cert_file=str(certificate.cert_path),
+            key_file=str(certificate.key_path),
+            ca_file=str(certificate.ca_path),
+        ),
+    )
+    settings = dataclasses.replace(reconciling_settings, operator=operator)
+
+    async with operator_running(settings, with_kopf=True):
+        await kube.apply(queue_manifest("secure"))
+        await kube.apply(pool_manifest("secure-workers", "secure"))
+        await eventually(lambda: _deployment_replicas(kube, "secure-workers", 1), what="deployed")
+
+    config_map = await kube.call(
+        kube.core.read_namespaced_config_map, "secure-workers-operator-ca", kube.namespace
+    )
+    assert config_map.data["ca.crt"] == certificate.ca_path.read_text()
+    assert config_map.metadata.owner_references[0].name == "secure-workers"
+    deployment = await kube.deployment("secure-workers")
+    (container,) = deployment.spec.template.spec.containers
+    env = {item.name: item.value for item in container.env}
+    assert env["JQ_WORKER_TLS_CA_FILE"] == "/etc/jobqueue/operator-ca/ca.crt"
+    volumes = {volume.name: volume for volume in deployment.spec.template.spec.volumes}
+    assert volumes["operator-ca"].config_map.name == "secure-workers-operator-ca"
 
 
 async def test_kubectl_scale_of_a_pool_reaches_its_deployment(

@@ -118,3 +118,29 @@ def test_autoscaler_only_with_autoscaling_and_it_scales_the_pool_on_pending_jobs
         "state": "pending",
     }
     assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "25"}
+
+
+def test_workers_trust_the_operator_as_it_serves() -> None:
+    def trusted(trust: workloads.OperatorTrust) -> tuple[dict[str, Any], dict[str, Any]]:
+        built = workloads.deployment(BODY, spec(), operator_address=ADDRESS, trust=trust)
+        env = {item["name"]: item.get("value") for item in container(built)["env"]}
+        return env, built["spec"]["template"]["spec"]
+
+    env, _ = trusted(workloads.OperatorTrust(plaintext=True))
+    assert env["JQ_WORKER_TLS_INSECURE_PLAINTEXT"] == "true"
+
+    env, pod = trusted(workloads.OperatorTrust(ca_config_map="mail-operator-ca"))
+    assert env["JQ_WORKER_TLS_CA_FILE"] == "/etc/jobqueue/operator-ca/ca.crt"
+    assert {"name": "operator-ca", "configMap": {"name": "mail-operator-ca"}} in pod["volumes"]
+
+    env, pod = trusted(workloads.OperatorTrust())  # the image's system roots
+    assert not {"JQ_WORKER_TLS_INSECURE_PLAINTEXT", "JQ_WORKER_TLS_CA_FILE"} & set(env)
+    assert [volume["name"] for volume in pod["volumes"]] == ["tmp"]
+
+
+def test_the_ca_config_map_sits_beside_the_pool_and_is_owned_by_it() -> None:
+    config_map = workloads.ca_config_map(BODY, "-----BEGIN CERTIFICATE-----\n")
+    assert config_map["metadata"]["name"] == "mail-operator-ca"
+    assert config_map["metadata"]["namespace"] == "team-a"
+    assert config_map["metadata"]["ownerReferences"][0]["uid"] == "1234"
+    assert config_map["data"] == {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}
