@@ -3,8 +3,10 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# Extra flags for `make bench`, e.g. BENCH_ARGS="--jobs 50000 --workers 3".
+BENCH_ARGS ?=
 
-.PHONY: help bootstrap lint format proto test test-unit demo dev-env clean
+.PHONY: help bootstrap lint format proto test test-unit bench demo dev-env clean
 
 help:
 	@echo "make test      install what is missing, lint, run every test against real servers"
@@ -13,6 +15,7 @@ help:
 	@echo "make lint      ruff (format and lint), mypy strict, import-linter"
 	@echo "make format    rewrite the code in the house format"
 	@echo "make proto     regenerate jobqueue/api/v1 from proto/"
+	@echo "make bench     benchmark the whole stack; table on stdout, bench-results.json"
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -35,6 +38,10 @@ test: lint
 
 test-unit: bootstrap
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+# Not part of `make test`: it takes minutes and its numbers depend on the machine's load.
+bench: bootstrap
+	$(BIN)/python -m jobqueue.bench $(BENCH_ARGS)
 
 demo: bootstrap
 	$(BIN)/python -m jobqueue.devenv demo
