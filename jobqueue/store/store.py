@@ -60,6 +60,7 @@ from jobqueue.store.model import (
     JobState,
     LostAttempt,
     NewJob,
+    Outcome,
     QueuePolicy,
     QueueStats,
     RateLimit,
@@ -80,6 +81,8 @@ Connection = AsyncConnection[DictRow]
 # million pending jobs does not hold a million row locks at once.
 _CANCEL_CHUNK = 1000
 _LIST_LIMIT_MAX = 1000
+# The state a Started report expects its attempt in.
+_STARTABLE = frozenset({JobState.ASSIGNED})
 
 
 class JobStore:
@@ -416,10 +419,40 @@ class JobStore:
     async def report_started(
         self, worker_id: str, attempts: Sequence[AttemptRef], lease_s: float
     ) -> list[ReportOutcome]:
-        """Mark attempts running; stale ones (wrong attempt, state or worker) are refused."""
+        """Mark attempts running; stale ones (wrong attempt, state or worker) are refused.
+
+        A batch naming each job once is recorded by one statement (``START_ATTEMPTS``);
+        anything else (a job named twice, an id that is not a UUID) is locked and judged
+        in Python, report by report.
+        """
         if not attempts:
             return []
         now = self._clock.now()
+        keys = _distinct_keys([ref.job_id for ref in attempts])
+        if keys is None:
+            return await self._judge_started(worker_id, attempts, lease_s, now)
+
+        params = {
+            "ids": keys,
+            "attempts": [ref.attempt for ref in attempts],
+            "worker_id": worker_id,
+            "now": now,
+            "lease_expires_at": now + timedelta(seconds=lease_s),
+        }
+        async with self._connection() as connection:
+            cursor = await connection.execute(queries.START_ATTEMPTS, params)
+            accepted = await _accepted_positions(cursor)
+            refused = await _refused_jobs(connection, keys, accepted)
+        return [
+            ReportOutcome(ref.job_id, ref.attempt, accepted=True, state=JobState.RUNNING)
+            if index in accepted
+            else lifecycle.refusal(refused.get(key), ref.job_id, ref.attempt, worker_id, _STARTABLE)
+            for index, (ref, key) in enumerate(zip(attempts, keys, strict=True))
+        ]
+
+    async def _judge_started(
+        self, worker_id: str, attempts: Sequence[AttemptRef], lease_s: float, now: datetime
+    ) -> list[ReportOutcome]:
         async with self._connection() as connection, connection.transaction():
             locked, cursor = await _lock_many(connection, [ref.job_id for ref in attempts])
             current = {job_id: job for job_id, (job, _) in locked.items()}
@@ -445,10 +478,50 @@ class JobStore:
     async def report_results(
         self, worker_id: str, results: Sequence[AttemptResult]
     ) -> list[ReportOutcome]:
-        """Record attempts' results; stale ones are refused and leave the job unchanged."""
+        """Record attempts' results; stale ones are refused and leave the job unchanged.
+
+        A batch of successes naming each job once, each with its run time, is recorded by
+        one statement (``FINISH_SUCCEEDED``); any other batch is locked and judged in
+        Python, result by result (failures need the backoff and the retry rules).
+        """
         if not results:
             return []
         now = self._clock.now()
+        keys = _distinct_keys([result.job_id for result in results])
+        if keys is None or not all(_plain_success(result) for result in results):
+            return await self._judge_results(worker_id, results, now)
+
+        outputs = [lifecycle.truncate_utf8(r.output, self._limits.output_bytes) for r in results]
+        params = {
+            "ids": keys,
+            "attempts": [result.attempt for result in results],
+            "outputs": [text for text, _ in outputs],
+            "output_truncateds": [
+                cut or result.output_truncated
+                for (_, cut), result in zip(outputs, results, strict=True)
+            ],
+            "exit_codes": [result.exit_code for result in results],
+            # repr() writes a float as json.dumps does, which the general path uses.
+            "run_times_s": [repr(result.run_time_s) for result in results],
+            "worker_id": worker_id,
+            "now": now,
+        }
+        async with self._connection() as connection:
+            cursor = await connection.execute(queries.FINISH_SUCCEEDED, params)
+            accepted = await _accepted_positions(cursor)
+            refused = await _refused_jobs(connection, keys, accepted)
+        return [
+            ReportOutcome(result.job_id, result.attempt, accepted=True, state=JobState.SUCCEEDED)
+            if index in accepted
+            else lifecycle.refusal(
+                refused.get(key), result.job_id, result.attempt, worker_id, IN_FLIGHT_STATES
+            )
+            for index, (result, key) in enumerate(zip(results, keys, strict=True))
+        ]
+
+    async def _judge_results(
+        self, worker_id: str, results: Sequence[AttemptResult], now: datetime
+    ) -> list[ReportOutcome]:
         async with self._connection() as connection, connection.transaction():
             locked, cursor = await _lock_many(connection, [result.job_id for result in results])
             current = {job_id: job for job_id, (job, _) in locked.items()}
@@ -721,6 +794,35 @@ async def _lock_many(
         job = _job_from_row(row)
         locked[job.id] = (job, _backoff_from_row(row))
     return locked, cursor
+
+
+def _distinct_keys(job_ids: Sequence[str]) -> list[str] | None:
+    """Canonical ids of a batch that names each job once by a valid id; None otherwise."""
+    keys = [_canonical_id(job_id) for job_id in job_ids]
+    if None in keys or len(set(keys)) != len(keys):
+        return None
+    return [key for key in keys if key is not None]
+
+
+def _plain_success(result: AttemptResult) -> bool:
+    return result.outcome is Outcome.SUCCEEDED and result.run_time_s is not None
+
+
+async def _accepted_positions(cursor: AsyncCursor[DictRow]) -> set[int]:
+    """The 0-based positions in the batch of the reports a one-statement report accepted."""
+    return {int(row["position"]) - 1 for row in await cursor.fetchall()}
+
+
+async def _refused_jobs(
+    connection: Connection, keys: Sequence[str], accepted: set[int]
+) -> dict[str, Job]:
+    """The current rows of the jobs whose reports were refused, to say why (no lock: the
+    refusal is already decided; the reason only describes it)."""
+    refused = [key for index, key in enumerate(keys) if index not in accepted]
+    if not refused:
+        return {}
+    cursor = await connection.execute(queries.SELECT_JOBS, {"ids": refused})
+    return {job.id: job for job in map(_job_from_row, await cursor.fetchall())}
 
 
 def _merge(earlier: Change | None, later: Change) -> Change:
