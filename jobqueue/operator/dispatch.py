@@ -235,12 +235,17 @@ class Scheduler:
         outcomes = await self.store.report_results(worker_id, results)
 
         # Accepted or refused, a reported attempt no longer holds a slot on this worker.
-        for result in results:
-            session.in_flight.pop(AttemptRef(result.job_id, result.attempt), None)
         queue = session.info.queue
+        now = time.monotonic()
         for result, outcome in zip(results, outcomes, strict=True):
-            if outcome.accepted:
-                _count_finished(queue, result, outcome)
+            in_flight = session.in_flight.pop(AttemptRef(result.job_id, result.attempt), None)
+            if not outcome.accepted:
+                continue
+            _count_finished(queue, result, outcome)
+            if in_flight is not None and not in_flight.started:
+                # A worker sends no Started for an attempt that ended before the report
+                # left; its result is then the first word that the attempt had started.
+                metrics.DISPATCH_LATENCY.labels(queue).observe(now - in_flight.ready_at)
         self.notify_changed(outcome.job_id for outcome in outcomes if outcome.accepted)
         self._update_worker_gauges(queue)
         self.wake(queue)

@@ -547,6 +547,9 @@ class Worker:
             )
             return
         logger.debug("Attempt %d ended: %s", attempt.number, result.outcome.value, extra=fields)
+        if started is not None and self._started.withdraw(attempt.key):
+            # Its Started report had not left yet: the result reports the start as well.
+            started = None
         self._results.submit(job_result(attempt, result), after=started)
 
     # Leaving --------------------------------------------------------------------------
