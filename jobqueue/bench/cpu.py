@@ -6,8 +6,9 @@ and system time (``/proc/<pid>/stat``) into a group: the benchmark's own childre
 (the operator, the workers; with their descendants), the servers by program name
 (``postgres`` with its backends, Kafka's ``java``, ``redis-server``), and the benchmark
 process itself. The difference of two snapshots over the wall time between them is how
-many cores each group kept busy. Processes that ended between the snapshots are missed,
-which the long-lived processes measured here never do.
+many cores each group kept busy, and over the jobs run meanwhile what each job cost each
+group. Processes that ended between the snapshots are missed, which the long-lived
+processes measured here never do.
 """
 
 from __future__ import annotations
@@ -72,9 +73,7 @@ def _group(process: _Process, processes: Mapping[int, _Process], roots: Mapping[
     return "other"
 
 
-def cores(
-    before: Mapping[str, float], after: Mapping[str, float], seconds: float
-) -> dict[str, float]:
-    """Cores each group kept busy between two snapshots ``seconds`` apart, busiest first."""
-    used = {group: (after[group] - before.get(group, 0.0)) / seconds for group in after}
-    return dict(sorted(used.items(), key=lambda item: -item[1]))
+def used(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """CPU seconds each group used between two snapshots, busiest first."""
+    spent = {group: after[group] - before.get(group, 0.0) for group in after}
+    return dict(sorted(spent.items(), key=lambda item: -item[1]))

@@ -117,6 +117,7 @@ class Drain:
     steady_jobs_per_s: float  # between the 10th and the 90th percentile of finishes
     outbox_lag_s: float  # from the last job finished to its last event published
     cpu_cores: dict[str, float]  # cores each group of processes kept busy meanwhile
+    cpu_us_per_job: dict[str, float]  # CPU microseconds each group spent per job
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,8 @@ async def drain(
     resumed_at = datetime.now(UTC)
     await asyncio.to_thread(admin.resume, queue)
     await wait_until_empty(connection, queue, timeout_s, alive)
-    cpu_used = cpu.cores(cpu_before, cpu.snapshot(processes), time.monotonic() - cpu_began)
+    cpu_s = cpu.used(cpu_before, cpu.snapshot(processes))
+    cpu_window_s = time.monotonic() - cpu_began
     await wait_until_published(connection, alive)
 
     cursor = await connection.execute(_DRAIN_TIMES, {"queue": queue, "since": since})
@@ -246,7 +248,8 @@ async def drain(
         jobs_per_s=jobs / seconds,
         steady_jobs_per_s=0.8 * jobs / steady_s if steady_s > 0 else jobs / seconds,
         outbox_lag_s=max(0.0, (last_published - times["last_finished"]).total_seconds()),
-        cpu_cores=cpu_used,
+        cpu_cores={group: spent / cpu_window_s for group, spent in cpu_s.items()},
+        cpu_us_per_job={group: spent / jobs * 1e6 for group, spent in cpu_s.items()},
     )
 
 

@@ -36,6 +36,14 @@ def _cores(used: dict[str, float]) -> str:
     return ", ".join(f"{group} {value:.2f}" for group, value in used.items() if value >= 0.01)
 
 
+def _per_job(used: dict[str, float]) -> str:
+    shown = {group: value for group, value in used.items() if value >= 1}
+    total = sum(used.values())
+    return ", ".join(f"{group} {value:.0f}" for group, value in shown.items()) + (
+        f" (all {total:.0f} microseconds)"
+    )
+
+
 def _submit_line(rate: SubmitRate) -> str:
     return (
         f"{_rate(rate.jobs_per_s)} jobs/s ({rate.jobs} jobs, {rate.callers} calls in flight;"
@@ -81,6 +89,7 @@ def table(results: Results) -> str:
         ),
         ("  outbox", f"last event published {drain.outbox_lag_s:.2f} s after the last job"),
         ("  CPU cores busy", _cores(drain.cpu_cores)),
+        ("  CPU per job", _per_job(drain.cpu_us_per_job)),
         (
             f"latency at {latency.target_per_s:g} jobs/s",
             f"accepted to started: {_percentiles(latency.accepted_to_started)}"
