@@ -66,9 +66,11 @@ SELECT_QUEUE_NAMES_AMONG: LiteralString = """
 SELECT name FROM queues WHERE name = ANY(%(names)b::text[]) ORDER BY name
 """
 
-# The named queues' policies, held (FOR KEY SHARE) so they cannot be deleted under a submit.
+# The named queues' policies, held (FOR KEY SHARE) so they cannot be deleted under a submit,
+# with the version of each row (its xmin: every update of the row writes a new one).
 SELECT_QUEUES_FOR_SUBMIT: LiteralString = """
-SELECT * FROM queues WHERE name = ANY(%(names)b::text[]) FOR KEY SHARE
+SELECT xmin::text AS row_version, * FROM queues WHERE name = ANY(%(names)b::text[])
+FOR KEY SHARE
 """
 
 # Pause or resume a queue.
@@ -123,9 +125,17 @@ DELETE_QUEUE: LiteralString = "DELETE FROM queues WHERE name = %(name)s"
 # Jobs -----------------------------------------------------------------------------------
 
 # Insert validated jobs (skipping any whose idempotency key is taken) and their
-# submitted events; returns the jobs inserted.
+# submitted events, if every queue's row is still the version the jobs were validated
+# against; returns whether it was (``current``) and the jobs inserted. When none was
+# inserted, the one row has NULL job columns.
 INSERT_JOBS: LiteralString = """
-WITH input AS (
+WITH versions AS (
+  SELECT count(*) = cardinality(%(queue_names)b::text[]) AS current
+  FROM queues
+  JOIN unnest(%(queue_names)b::text[], %(queue_versions)b::text[]) AS v(name, row_version)
+    ON queues.name = v.name AND queues.xmin::text = v.row_version
+),
+input AS (
   SELECT * FROM unnest(
     %(ids)b::uuid[], %(queues)b::text[], %(kinds)b::text[], %(payloads)b::text[],
     %(priorities)b::int[], %(max_attempts)b::int[], %(timeouts_s)b::float8[],
@@ -141,6 +151,7 @@ inserted AS (
   SELECT id, queue, kind, payload::jsonb, priority, 'pending', 0, max_attempts, timeout_s,
          idempotency_key, labels::jsonb, run_after, %(now)s, %(now)s
   FROM input
+  WHERE (SELECT current FROM versions)
   ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING *
 ),
@@ -148,7 +159,7 @@ submitted AS (
   INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at)
   SELECT id, queue, 'submitted', 0, %(now)s FROM inserted
 )
-SELECT * FROM inserted
+SELECT versions.current, inserted.* FROM versions LEFT JOIN inserted ON true
 """
 
 # The jobs holding the given (queue, idempotency key) pairs.

@@ -22,9 +22,11 @@ import binascii
 import json
 import logging
 import random as random_module
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, LiteralString, Self
@@ -85,6 +87,21 @@ _LIST_LIMIT_MAX = 1000
 _STARTABLE = frozenset({JobState.ASSIGNED})
 
 
+# Seconds a queue policy read for submits is used before it is read again. Every use also
+# checks that the queue's row is still the version read, so this only bounds how long an
+# entry can live; it is not how stale a policy may be.
+_POLICY_TRUST_S = 30.0
+
+
+@dataclass(frozen=True)
+class _KnownPolicy:
+    """A queue's policy as read for submits, and which version of its row that was."""
+
+    policy: QueuePolicy
+    version: str  # the row's xmin, as text
+    read_at: float  # time.monotonic()
+
+
 class JobStore:
     """The store's API; see the module docstring for how it talks to PostgreSQL."""
 
@@ -100,6 +117,7 @@ class JobStore:
         self._clock = clock
         self._limits = limits
         self._random = random
+        self._policies: dict[str, _KnownPolicy] = {}
 
     @classmethod
     async def open(
@@ -296,17 +314,75 @@ class JobStore:
 
         A job whose idempotency key is already used on its queue (earlier, or earlier in
         the same batch) is answered with the first job and ``created=False``.
+
+        The jobs are validated against their queues' policies as this store last read
+        them, and inserted by one statement that checks those rows are still the versions
+        read; a batch for a queue not read lately, or whose policy changed, or that those
+        policies refuse, is validated again in a transaction that reads the policies
+        afresh, under a lock that keeps the queues from being deleted meanwhile.
         """
         if not jobs:
             return []
         now = self._clock.now()
+        names = sorted({job.queue for job in jobs})
+        known = self._known_policies(names)
+        if known is not None:
+            submitted = await self._submit_to_known_queues(jobs, known, now)
+            if submitted is not None:
+                return submitted
+
         async with self._connection() as connection, connection.transaction():
-            cursor = await connection.execute(
-                queries.SELECT_QUEUES_FOR_SUBMIT, {"names": sorted({job.queue for job in jobs})}
-            )
-            policies = {row["name"]: _queue_from_row(row) for row in await cursor.fetchall()}
+            cursor = await connection.execute(queries.SELECT_QUEUES_FOR_SUBMIT, {"names": names})
+            known = self._remember_policies(names, await cursor.fetchall())
+            policies = {name: entry.policy for name, entry in known.items()}
             prepared = lifecycle.validate_batch(jobs, policies, self._limits, now)
-            return await _insert_jobs(cursor, prepared, now)
+            versions = {name: entry.version for name, entry in known.items()}
+            submitted = await _insert_jobs(cursor, prepared, now, versions)
+        if submitted is None:
+            # The rows were read and held in this very transaction.
+            raise PermanentError("store: a queue changed under the lock of a submit")
+        return submitted
+
+    async def _submit_to_known_queues(
+        self, jobs: Sequence[NewJob], known: Mapping[str, _KnownPolicy], now: datetime
+    ) -> list[Submitted] | None:
+        """Submit in one statement if the remembered policies still hold; None if not."""
+        policies = {name: entry.policy for name, entry in known.items()}
+        try:
+            prepared = lifecycle.validate_batch(jobs, policies, self._limits, now)
+        except PermanentError:
+            # Perhaps refused by a policy that has changed since: the locked path decides.
+            return None
+        versions = {name: entry.version for name, entry in known.items()}
+        async with self._connection() as connection:
+            cursor = connection.cursor()
+            return await _insert_jobs(cursor, prepared, now, versions)
+
+    def _known_policies(self, names: Sequence[str]) -> dict[str, _KnownPolicy] | None:
+        """The remembered policies of ``names``, if every one was read lately."""
+        oldest = time.monotonic() - _POLICY_TRUST_S
+        known = {}
+        for name in names:
+            entry = self._policies.get(name)
+            if entry is None or entry.read_at < oldest:
+                return None
+            known[name] = entry
+        return known
+
+    def _remember_policies(
+        self, names: Sequence[str], rows: Sequence[DictRow]
+    ) -> dict[str, _KnownPolicy]:
+        read_at = time.monotonic()
+        found = {
+            row["name"]: _KnownPolicy(_queue_from_row(row), row["row_version"], read_at)
+            for row in rows
+        }
+        for name in names:
+            if name in found:
+                self._policies[name] = found[name]
+            else:
+                self._policies.pop(name, None)
+        return found
 
     async def get(self, job_id: str) -> Job:
         async with self._connection() as connection:
@@ -869,9 +945,15 @@ async def _apply(cursor: AsyncCursor[DictRow], changes: Sequence[Change]) -> Non
 
 
 async def _insert_jobs(
-    cursor: AsyncCursor[DictRow], prepared: Sequence[PreparedJob], now: datetime
-) -> list[Submitted]:
-    """Insert the first job of each idempotency key; answer the rest with the holder."""
+    cursor: AsyncCursor[DictRow],
+    prepared: Sequence[PreparedJob],
+    now: datetime,
+    versions: Mapping[str, str],
+) -> list[Submitted] | None:
+    """Insert the first job of each idempotency key; answer the rest with the holder.
+
+    None, and nothing inserted, if a queue's row is no longer the version in ``versions``.
+    """
     key_owner: dict[tuple[str, str], int] = {}
     to_insert: list[tuple[str, PreparedJob]] = []
     for index, job in enumerate(prepared):
@@ -884,8 +966,14 @@ async def _insert_jobs(
     # Insert in key order: two batches sharing keys then wait on each other in one order.
     to_insert.sort(key=lambda item: (item[1].queue, item[1].idempotency_key or ""))
 
-    await cursor.execute(queries.INSERT_JOBS, _insert_params(to_insert, now))
-    inserted = {str(row["id"]): _job_from_row(row) for row in await cursor.fetchall()}
+    params = _insert_params(to_insert, now)
+    params["queue_names"] = list(versions)
+    params["queue_versions"] = list(versions.values())
+    await cursor.execute(queries.INSERT_JOBS, params)
+    rows = await cursor.fetchall()
+    if not rows[0]["current"]:
+        return None
+    inserted = {str(row["id"]): _job_from_row(row) for row in rows if row["id"] is not None}
     by_key: dict[tuple[str, str], Job] = {
         (job.queue, job.idempotency_key): job
         for job in inserted.values()
