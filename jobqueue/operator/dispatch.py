@@ -8,7 +8,9 @@ replicas never claim one job twice) and pushes them down the streams.
 
 When the loop runs:
 - at once when a job is submitted (the API calls ``wake``; other replicas hear it
-  through a Redis wake-up), when a worker frees a slot, or a worker connects;
+  through a Redis wake-up when this one has no free slot left for it: a replica that can
+  run a new job itself keeps it, which spares every replica a wake-up and an empty claim
+  per submit), when a worker frees a slot, or a worker connects;
 - otherwise every ``poll_interval_s``, the safety net for wake-ups that were lost
   (Redis down, retries whose backoff ran out).
 
@@ -30,7 +32,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -139,9 +141,25 @@ class Scheduler:
         names = set(queues)
         for queue in names:
             self.wake(queue)
+        await self._publish(names)
+
+    async def announce_jobs(self, queues: Sequence[str]) -> None:
+        """New jobs, one queue name each: wake this replica, and the others for the queues
+        whose new jobs outnumber this replica's free slots (see the module docstring)."""
+        counts = Counter(queues)
+        for queue in counts:
+            self.wake(queue)
+        await self._publish(
+            queue for queue, jobs in counts.items() if jobs > self.free_slots(queue)
+        )
+
+    def free_slots(self, queue: str) -> int:
+        return sum(s.free_slots for s in self.sessions.values() if s.info.queue == queue)
+
+    async def _publish(self, queues: Iterable[str]) -> None:
         if self._wakeup_bus is None:
             return
-        for queue in names:
+        for queue in queues:
             try:
                 await self._wakeup_bus.publish_wakeup(queue)
             except UnavailableError:

@@ -33,8 +33,14 @@ QUEUE = "work"
 
 
 def operator_settings(
-    database_url: str, redis_url: str, kafka: KafkaTarget, grpc_port: int, lease_s: float = 3.0
+    database_url: str,
+    redis_url: str,
+    kafka: KafkaTarget,
+    grpc_port: int,
+    lease_s: float = 3.0,
+    **environ: str,
 ) -> Settings:
+    """The operator's settings for a test; ``environ`` overrides or adds ``JQ_*`` values."""
     return load_settings(
         None,
         environ={
@@ -46,7 +52,8 @@ def operator_settings(
             "JQ_OPERATOR_HTTP_ADDRESS": "",
             "JQ_OPERATOR_LEASE_S": str(lease_s),
             "JQ_OPERATOR_POLL_INTERVAL_S": "0.2",
-        },
+        }
+        | environ,
     )
 
 
