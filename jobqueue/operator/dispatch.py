@@ -125,6 +125,9 @@ class Scheduler:
         self._policies: dict[str, QueuePolicy] = {}
         self._policies_loaded_at = 0.0
         self._woken: set[str] = set()
+        # Queues whose last claim found fewer ready jobs than it had slots for, and that
+        # nothing has woken since: a slot freed on one of them has nothing to take.
+        self._drained: set[str] = set()
         self._wakeup = asyncio.Event()
         self._job_changed: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         del clock  # the store owns time; kept in the signature for symmetry with tests
@@ -133,8 +136,17 @@ class Scheduler:
 
     def wake(self, queue: str) -> None:
         """Run a dispatch cycle for ``queue`` as soon as possible."""
+        self._drained.discard(queue)
         self._woken.add(queue)
         self._wakeup.set()
+
+    def _slot_freed(self, queue: str) -> None:
+        # Fill the slot in the next cycle, unless the queue's last claim found nothing
+        # more to take: then that cycle would only run an empty claim. New work wakes the
+        # queue anyway (a submit, a wake-up, a promoted retry), and the poll finds the rest
+        # (a job whose run_after came).
+        if queue not in self._drained:
+            self.wake(queue)
 
     async def announce(self, queues: Iterable[str]) -> None:
         """Wake this replica and, through Redis, the others; Redis trouble only delays them."""
@@ -266,7 +278,7 @@ class Scheduler:
                 metrics.DISPATCH_LATENCY.labels(queue).observe(now - in_flight.ready_at)
         self.notify_changed(outcome.job_id for outcome in outcomes if outcome.accepted)
         self._update_worker_gauges(queue)
-        self.wake(queue)
+        self._slot_freed(queue)
         return outcomes
 
     async def heartbeat(self, worker_id: str, running: Sequence[AttemptRef]) -> list[AttemptRef]:
@@ -383,7 +395,14 @@ class Scheduler:
         self._push(jobs)
         if len(jobs) == wanted and wanted == self.settings.claim_batch:
             self.wake(queue)  # more may be waiting: come back in the next cycle
+        elif len(jobs) < wanted and self._unlimited(queue):
+            # Not held back by a concurrency limit: the queue had nothing more ready.
+            self._drained.add(queue)
         return len(jobs)
+
+    def _unlimited(self, queue: str) -> bool:
+        policy = self._policies.get(queue)
+        return policy is not None and policy.concurrency_limit is None
 
     def _slots(self, queue: str) -> list[str]:
         """One worker id per free slot, round-robin across the queue's workers."""
