@@ -143,6 +143,9 @@ class Reporter(Generic[Item]):
         """The sender loop; runs until cancelled."""
         while True:
             await self._wake.wait()
+            # Let what is ready run first: an attempt that ends at once withdraws its
+            # Started report (see ``withdraw``) and the result alone goes.
+            await asyncio.sleep(0)
             session = await self._link.online()
             batch = self._take_batch()
             if not batch:
