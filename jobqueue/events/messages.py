@@ -16,6 +16,7 @@ events may be marked published) are tested without a broker.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,11 @@ class KafkaMessage:
     headers: tuple[tuple[str, bytes], ...]
 
 
+# One encoder for every message: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=64)  # a few prefixes times six kinds; asked for per event
 def topic_for(prefix: str, kind: str) -> str:
     """The topic that carries events of ``kind``: ``jobqueue.jobs.dead-lettered`` and so on."""
     if kind not in EVENT_KINDS:
@@ -94,7 +100,7 @@ def encode_event(prefix: str, event: OutboxEvent) -> KafkaMessage:
     return KafkaMessage(
         topic=topic_for(prefix, event.kind),
         key=event.job_id.encode(),
-        value=json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode(),
+        value=_ENCODER.encode(document).encode(),
         headers=(("event-kind", event.kind.encode()), ("event-id", str(event.id).encode())),
     )
 

@@ -37,6 +37,8 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from prometheus_client import Histogram
+
 from jobqueue import metrics
 from jobqueue.api.v1 import workers_pb2
 from jobqueue.errors import JobQueueError, NotFoundError, UnavailableError
@@ -267,15 +269,14 @@ class Scheduler:
         # Accepted or refused, a reported attempt no longer holds a slot on this worker.
         queue = session.info.queue
         now = time.monotonic()
+        latency = metrics.DISPATCH_LATENCY.labels(queue)
         for result, outcome in zip(results, outcomes, strict=True):
             in_flight = session.in_flight.pop(AttemptRef(result.job_id, result.attempt), None)
-            if not outcome.accepted:
-                continue
-            _count_finished(queue, result, outcome)
-            if in_flight is not None and not in_flight.started:
+            if outcome.accepted and in_flight is not None and not in_flight.started:
                 # A worker sends no Started for an attempt that ended before the report
                 # left; its result is then the first word that the attempt had started.
-                metrics.DISPATCH_LATENCY.labels(queue).observe(now - in_flight.ready_at)
+                latency.observe(now - in_flight.ready_at)
+        _count_finished(queue, results, outcomes)
         self.notify_changed(outcome.job_id for outcome in outcomes if outcome.accepted)
         self._update_worker_gauges(queue)
         self._slot_freed(queue)
@@ -514,13 +515,26 @@ def _age_s(job: Job) -> float:
     return max(0.0, (job.assigned_at - job.run_after).total_seconds())
 
 
-def _count_finished(queue: str, result: AttemptResult, outcome: ReportOutcome) -> None:
-    label = result.outcome.value
-    if outcome.state is not None and outcome.state.value == "dead_lettered":
-        label = "dead_lettered"
-    metrics.JOBS_FINISHED.labels(queue, label).inc()
-    if result.run_time_s is not None and result.outcome is not Outcome.CANCELLED:
-        metrics.JOB_RUN_TIME.labels(queue, result.outcome.value).observe(result.run_time_s)
+def _count_finished(
+    queue: str, results: Sequence[AttemptResult], outcomes: Sequence[ReportOutcome]
+) -> None:
+    """Count a batch's accepted results, looking each metric's labels up once per batch."""
+    finished: Counter[str] = Counter()
+    run_times: dict[Outcome, Histogram] = {}
+    for result, outcome in zip(results, outcomes, strict=True):
+        if not outcome.accepted:
+            continue
+        dead = outcome.state is not None and outcome.state.value == "dead_lettered"
+        finished["dead_lettered" if dead else result.outcome.value] += 1
+        if result.run_time_s is None or result.outcome is Outcome.CANCELLED:
+            continue
+        histogram = run_times.get(result.outcome)
+        if histogram is None:
+            histogram = metrics.JOB_RUN_TIME.labels(queue, result.outcome.value)
+            run_times[result.outcome] = histogram
+        histogram.observe(result.run_time_s)
+    for label, count in finished.items():
+        metrics.JOBS_FINISHED.labels(queue, label).inc(count)
 
 
 def _cancel_command(attempts: Sequence[AttemptRef], reason: str) -> workers_pb2.WorkerCommand:

@@ -22,6 +22,7 @@ import binascii
 import json
 import logging
 import random as random_module
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
@@ -851,8 +852,14 @@ async def _lock_one(connection: Connection, job_id: str) -> tuple[Job, AsyncCurs
     return job, cursor
 
 
+# A UUID already spelled as the database spells it (what workers send back): no parsing.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _canonical_id(job_id: str) -> str | None:
     """A job id as the database spells it; None if it is not a UUID."""
+    if isinstance(job_id, str) and _CANONICAL_UUID.fullmatch(job_id):
+        return job_id
     try:
         return str(uuid.UUID(job_id))
     except (ValueError, TypeError, AttributeError):
