@@ -337,11 +337,11 @@ class JobStore:
             known = self._remember_policies(names, await cursor.fetchall())
             policies = {name: entry.policy for name, entry in known.items()}
             prepared = lifecycle.validate_batch(jobs, policies, self._limits, now)
-            versions = {name: entry.version for name, entry in known.items()}
-            submitted = await _insert_jobs(cursor, prepared, now, versions)
+            # No version to check: the lock keeps the queues from being deleted, and a
+            # pause or other change committed meanwhile does not undo this validation.
+            submitted = await _insert_jobs(cursor, prepared, now, versions={})
         if submitted is None:
-            # The rows were read and held in this very transaction.
-            raise PermanentError("store: a queue changed under the lock of a submit")
+            raise PermanentError("store: a submit with no versions to check found them stale")
         return submitted
 
     async def _submit_to_known_queues(
@@ -959,7 +959,8 @@ async def _insert_jobs(
 ) -> list[Submitted] | None:
     """Insert the first job of each idempotency key; answer the rest with the holder.
 
-    None, and nothing inserted, if a queue's row is no longer the version in ``versions``.
+    None, and nothing inserted, if a queue's row is no longer the version in ``versions``
+    (an empty mapping checks nothing).
     """
     key_owner: dict[tuple[str, str], int] = {}
     to_insert: list[tuple[str, PreparedJob]] = []

@@ -9,6 +9,7 @@ new policy at once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -102,3 +103,23 @@ async def test_idempotent_submits_through_the_remembered_policy_find_the_first_j
     assert first.created
     assert not second.created
     assert second.job.id == first.job.id
+
+
+async def test_submits_go_on_while_another_replica_pauses_and_resumes_the_queue(
+    store: JobStore, other_replica: JobStore
+) -> None:
+    # A pause changes the queue's row: the next submit reads the policy again under its
+    # lock, and a pause committed during that transaction must not fail it.
+    await store.apply_queue(policy())
+
+    async def submit_many() -> int:
+        results = [await store.submit(command()) for _ in range(150)]
+        return sum(result.created for result in results)
+
+    async def toggle() -> None:
+        for index in range(150):
+            await other_replica.set_paused("default", index % 2 == 0)
+
+    created, _ = await asyncio.gather(submit_many(), toggle())
+
+    assert created == 150
