@@ -131,6 +131,7 @@ class Latency:
     failed_submits: int  # Submit calls that failed (an overloaded operator refuses some)
     accepted_to_started: Percentiles  # the store's created_at to started_at
     sent_to_started: Percentiles  # the benchmark's send time to started_at
+    cpu_cores: dict[str, float]  # cores each group of processes kept busy meanwhile
 
 
 def noop_spec(queue: str, handler: str) -> jobs_pb2.JobSpec:
@@ -264,8 +265,15 @@ async def steady_latency(
     rate_per_s: float,
     seconds: float,
     alive: Callable[[], None],
+    processes: Mapping[int, str],
 ) -> Latency:
-    """Submit at ``rate_per_s`` for ``seconds``, one job per call, and time each job's start."""
+    """Submit at ``rate_per_s`` for ``seconds``, one job per call, and time each job's start.
+
+    A job that ended before its worker's Started report left has its start recorded with
+    its result (see ``jobqueue.worker.reporting``): its ``started_at`` is then when the
+    result reached the operator, the moment a Started report would have.
+    """
+    cpu_before, cpu_began = cpu.snapshot(processes), time.monotonic()
     since = datetime.now(UTC)
     sent_at: dict[str, datetime] = {}
     failures: list[JobQueueError] = []
@@ -290,6 +298,8 @@ async def steady_latency(
     offered_s = loop.time() - began
 
     await wait_until_empty(connection, spec.queue, 60.0 + seconds, alive)
+    cpu_s = cpu.used(cpu_before, cpu.snapshot(processes))
+    cpu_window_s = time.monotonic() - cpu_began
     cursor = await connection.execute(_START_TIMES, {"queue": spec.queue, "since": since})
     rows = await cursor.fetchall()
     accepted = [(row["started_at"] - row["created_at"]).total_seconds() for row in rows]
@@ -301,6 +311,7 @@ async def steady_latency(
         failed_submits=len(failures),
         accepted_to_started=Percentiles.of(accepted),
         sent_to_started=Percentiles.of(sent),
+        cpu_cores={group: spent / cpu_window_s for group, spent in cpu_s.items()},
     )
 
 

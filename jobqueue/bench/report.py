@@ -101,6 +101,7 @@ def table(results: Results) -> str:
             f" ({latency.jobs} jobs, offered {latency.achieved_per_s:.0f}/s,"
             f" {latency.failed_submits} Submit calls failed)",
         ),
+        ("  CPU cores busy", _cores(latency.cpu_cores)),
     ]
     if results.profiled_drain is not None:
         profiled = results.profiled_drain

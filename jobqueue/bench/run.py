@@ -254,6 +254,7 @@ class _Phases:
             rate_per_s=self.config.latency_rate_per_s,
             seconds=self.config.latency_seconds,
             alive=self.alive,
+            processes=self.processes,
         )
 
     async def profiled_drain(
