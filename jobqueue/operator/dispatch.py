@@ -10,9 +10,11 @@ When the loop runs:
 - at once when a job is submitted (the API calls ``wake``; other replicas hear it
   through a Redis wake-up when this one has no free slot left for it: a replica that can
   run a new job itself keeps it, which spares every replica a wake-up and an empty claim
-  per submit), when a worker frees a slot, or a worker connects;
+  per submit), when a worker connects, or when a worker frees a slot on a queue that may
+  hold more ready jobs (not after a claim found fewer than it had slots for: the next
+  submit or wake-up says when there is more);
 - otherwise every ``poll_interval_s``, the safety net for wake-ups that were lost
-  (Redis down, retries whose backoff ran out).
+  (Redis down, retries whose backoff ran out, a job whose ``run_after`` came).
 
 Fairness: one cycle claims at most ``claim_batch`` jobs per queue, and all queues with
 free slots are served in the same cycle, so a deep queue cannot starve a shallow one.
