@@ -3,8 +3,10 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# Extra flags for `make bench`, e.g. BENCH_ARGS="--jobs 50000 --workers 3".
+BENCH_ARGS ?=
 
-.PHONY: help bootstrap lint format proto test test-unit demo dev-env clean sync-crds kind-e2e
+.PHONY: help bootstrap lint format proto test test-unit bench demo dev-env clean sync-crds kind-e2e
 
 help:
 	@echo "make test      install what is missing, lint, run every test against real servers"
@@ -15,6 +17,7 @@ help:
 	@echo "make proto     regenerate jobqueue/api/v1 from proto/"
 	@echo "make kind-e2e  build the images, install the chart on a kind cluster, run tests/e2e/kind (needs Docker)"
 	@echo "make sync-crds copy crds/ into the Helm chart and the kustomize base"
+	@echo "make bench     benchmark the whole stack; table on stdout, bench-results.json"
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -47,6 +50,9 @@ test-unit: bootstrap
 # Needs a running Docker engine; everything else it builds or installs itself.
 kind-e2e: bootstrap
 	bash scripts/kind-e2e.sh
+# Not part of `make test`: it takes minutes and its numbers depend on the machine's load.
+bench: bootstrap
+	$(BIN)/python -m jobqueue.bench $(BENCH_ARGS)
 
 demo: bootstrap
 	$(BIN)/python -m jobqueue.devenv demo

@@ -12,8 +12,10 @@ from jobqueue.events.messages import (
     EVENT_KINDS,
     KafkaMessage,
     OutboxEvent,
+    RenderedEvent,
     all_topics,
     encode_event,
+    message_of,
     publishable,
     topic_for,
 )
@@ -27,9 +29,11 @@ __all__ = [
     "KafkaSender",
     "OutboxEvent",
     "OutboxRelay",
+    "RenderedEvent",
     "all_topics",
     "encode_event",
     "ensure_topics",
+    "message_of",
     "publishable",
     "topic_for",
 ]

@@ -10,17 +10,23 @@ stay in PostgreSQL); the headers repeat the kind and the event id so a consumer 
 or deduplicate without parsing the value. Delivery is at least once: a consumer that must
 not act twice deduplicates on ``event_id``.
 
+``encode_event`` defines the document. The relay does not run it per event: it has
+PostgreSQL render the same document while reading the batch (``RenderedEvent``), which
+spares it a JSON decode and an encode per event; a test checks both give the same
+document for the same rows.
+
 Everything here is pure, so the rules that matter (topic names, encoding, which delivered
 events may be marked published) are tested without a broker.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from jobqueue.errors import InvalidInputError
 
@@ -52,6 +58,24 @@ class OutboxEvent:
 
 
 @dataclass(frozen=True)
+class RenderedEvent:
+    """An event as the relay reads it: the value ``encode_event`` would give, already
+    rendered by the database, and what is needed to route and mark it."""
+
+    id: int
+    job_id: str
+    kind: str
+    value: str  # the JSON document
+
+
+class _Identified(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def job_id(self) -> str: ...
+
+
+@dataclass(frozen=True)
 class KafkaMessage:
     topic: str
     key: bytes
@@ -59,6 +83,11 @@ class KafkaMessage:
     headers: tuple[tuple[str, bytes], ...]
 
 
+# One encoder for every message: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=64)  # a few prefixes times six kinds; asked for per event
 def topic_for(prefix: str, kind: str) -> str:
     """The topic that carries events of ``kind``: ``jobqueue.jobs.dead-lettered`` and so on."""
     if kind not in EVENT_KINDS:
@@ -80,6 +109,16 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def message_of(prefix: str, event: RenderedEvent) -> KafkaMessage:
+    """The Kafka message of one event whose value is already rendered."""
+    return KafkaMessage(
+        topic=topic_for(prefix, event.kind),
+        key=event.job_id.encode(),
+        value=event.value.encode(),
+        headers=(("event-kind", event.kind.encode()), ("event-id", str(event.id).encode())),
+    )
+
+
 def encode_event(prefix: str, event: OutboxEvent) -> KafkaMessage:
     """The Kafka message of one event."""
     document = {
@@ -91,15 +130,11 @@ def encode_event(prefix: str, event: OutboxEvent) -> KafkaMessage:
         "occurred_at": rfc3339(event.occurred_at),
         "data": event.data,
     }
-    return KafkaMessage(
-        topic=topic_for(prefix, event.kind),
-        key=event.job_id.encode(),
-        value=json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode(),
-        headers=(("event-kind", event.kind.encode()), ("event-id", str(event.id).encode())),
-    )
+    rendered = RenderedEvent(event.id, event.job_id, event.kind, _ENCODER.encode(document))
+    return message_of(prefix, rendered)
 
 
-def publishable(events: Sequence[OutboxEvent], delivered: Collection[int]) -> list[int]:
+def publishable(events: Sequence[_Identified], delivered: Collection[int]) -> list[int]:
     """Ids of the events that may be marked published after one round of deliveries.
 
     ``events`` is a batch in id order; ``delivered`` holds the ids the broker acknowledged.

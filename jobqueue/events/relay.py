@@ -49,7 +49,7 @@ from confluent_kafka import KafkaError
 from jobqueue.config import KafkaSettings
 from jobqueue.errors import ConfigError, JobQueueError, PermanentError, UnavailableError
 from jobqueue.events.kafka import KafkaSender, ensure_topics
-from jobqueue.events.messages import OutboxEvent, encode_event, publishable
+from jobqueue.events.messages import RenderedEvent, message_of, publishable
 from jobqueue.events.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 
 logger = logging.getLogger(__name__)
@@ -62,9 +62,15 @@ OUTBOX_LOCK_KEY: Final = 0x6A71_6F75_7462_6F78
 # Take the relay lock if no other session holds it; never waits.
 _TRY_LOCK: LiteralString = "SELECT pg_try_advisory_lock(%(key)s)"
 
-# The oldest unpublished events (the partial index job_events_unpublished serves this).
+# The oldest unpublished events (the partial index job_events_unpublished serves this),
+# each with its message value: the document of messages.encode_event, rendered here, with
+# the time in UTC to the microsecond and a Z, as messages.rfc3339 writes it.
 _READ_BATCH: LiteralString = """
-    SELECT id, job_id::text, queue, kind, attempt, occurred_at, data
+    SELECT id, job_id::text, kind, json_build_object(
+      'event_id', id, 'job_id', job_id, 'queue', queue, 'kind', kind, 'attempt', attempt,
+      'occurred_at', to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+      'data', data
+    )::text
     FROM job_events
     WHERE published_at IS NULL
     ORDER BY id
@@ -123,22 +129,11 @@ class _Outbox:
             row = await cursor.fetchone()
         return bool(row and row[0])
 
-    async def read_batch(self, limit: int) -> list[OutboxEvent]:
+    async def read_batch(self, limit: int) -> list[RenderedEvent]:
         with _database_errors("reading unpublished job events"):
             cursor = await self._connection.execute(_READ_BATCH, {"limit": limit})
             rows = await cursor.fetchall()
-        return [
-            OutboxEvent(
-                id=row[0],
-                job_id=row[1],
-                queue=row[2],
-                kind=row[3],
-                attempt=row[4],
-                occurred_at=row[5],
-                data=row[6],
-            )
-            for row in rows
-        ]
+        return [RenderedEvent(*row) for row in rows]
 
     async def mark_published(self, event_ids: Sequence[int], now: datetime) -> None:
         with _database_errors("marking job events published"):
@@ -299,7 +294,7 @@ class OutboxRelay:
         if not events:
             return self.idle_interval_s
 
-        messages = [(event.id, encode_event(self._prefix, event)) for event in events]
+        messages = [(event.id, message_of(self._prefix, event)) for event in events]
         await asyncio.to_thread(sender.send, messages)
         await self._wait_for_deliveries(sender, stop)
 

@@ -8,9 +8,13 @@ replicas never claim one job twice) and pushes them down the streams.
 
 When the loop runs:
 - at once when a job is submitted (the API calls ``wake``; other replicas hear it
-  through a Redis wake-up), when a worker frees a slot, or a worker connects;
+  through a Redis wake-up when this one has no free slot left for it: a replica that can
+  run a new job itself keeps it, which spares every replica a wake-up and an empty claim
+  per submit), when a worker connects, or when a worker frees a slot on a queue that may
+  hold more ready jobs (not after a claim found fewer than it had slots for: the next
+  submit or wake-up says when there is more);
 - otherwise every ``poll_interval_s``, the safety net for wake-ups that were lost
-  (Redis down, retries whose backoff ran out).
+  (Redis down, retries whose backoff ran out, a job whose ``run_after`` came).
 
 Fairness: one cycle claims at most ``claim_batch`` jobs per queue, and all queues with
 free slots are served in the same cycle, so a deep queue cannot starve a shallow one.
@@ -30,10 +34,12 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from prometheus_client import Histogram
 
 from jobqueue import metrics
 from jobqueue.api.v1 import workers_pb2
@@ -123,6 +129,9 @@ class Scheduler:
         self._policies: dict[str, QueuePolicy] = {}
         self._policies_loaded_at = 0.0
         self._woken: set[str] = set()
+        # Queues whose last claim found fewer ready jobs than it had slots for, and that
+        # nothing has woken since: a slot freed on one of them has nothing to take.
+        self._drained: set[str] = set()
         self._wakeup = asyncio.Event()
         self._job_changed: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         del clock  # the store owns time; kept in the signature for symmetry with tests
@@ -131,17 +140,42 @@ class Scheduler:
 
     def wake(self, queue: str) -> None:
         """Run a dispatch cycle for ``queue`` as soon as possible."""
+        self._drained.discard(queue)
         self._woken.add(queue)
         self._wakeup.set()
+
+    def _slot_freed(self, queue: str) -> None:
+        # Fill the slot in the next cycle, unless the queue's last claim found nothing
+        # more to take: then that cycle would only run an empty claim. New work wakes the
+        # queue anyway (a submit, a wake-up, a promoted retry), and the poll finds the rest
+        # (a job whose run_after came).
+        if queue not in self._drained:
+            self.wake(queue)
 
     async def announce(self, queues: Iterable[str]) -> None:
         """Wake this replica and, through Redis, the others; Redis trouble only delays them."""
         names = set(queues)
         for queue in names:
             self.wake(queue)
+        await self._publish(names)
+
+    async def announce_jobs(self, queues: Sequence[str]) -> None:
+        """New jobs, one queue name each: wake this replica, and the others for the queues
+        whose new jobs outnumber this replica's free slots (see the module docstring)."""
+        counts = Counter(queues)
+        for queue in counts:
+            self.wake(queue)
+        await self._publish(
+            queue for queue, jobs in counts.items() if jobs > self.free_slots(queue)
+        )
+
+    def free_slots(self, queue: str) -> int:
+        return sum(s.free_slots for s in self.sessions.values() if s.info.queue == queue)
+
+    async def _publish(self, queues: Iterable[str]) -> None:
         if self._wakeup_bus is None:
             return
-        for queue in names:
+        for queue in queues:
             try:
                 await self._wakeup_bus.publish_wakeup(queue)
             except UnavailableError:
@@ -235,15 +269,19 @@ class Scheduler:
         outcomes = await self.store.report_results(worker_id, results)
 
         # Accepted or refused, a reported attempt no longer holds a slot on this worker.
-        for result in results:
-            session.in_flight.pop(AttemptRef(result.job_id, result.attempt), None)
         queue = session.info.queue
+        now = time.monotonic()
+        latency = metrics.DISPATCH_LATENCY.labels(queue)
         for result, outcome in zip(results, outcomes, strict=True):
-            if outcome.accepted:
-                _count_finished(queue, result, outcome)
+            in_flight = session.in_flight.pop(AttemptRef(result.job_id, result.attempt), None)
+            if outcome.accepted and in_flight is not None and not in_flight.started:
+                # A worker sends no Started for an attempt that ended before the report
+                # left; its result is then the first word that the attempt had started.
+                latency.observe(now - in_flight.ready_at)
+        _count_finished(queue, results, outcomes)
         self.notify_changed(outcome.job_id for outcome in outcomes if outcome.accepted)
         self._update_worker_gauges(queue)
-        self.wake(queue)
+        self._slot_freed(queue)
         return outcomes
 
     async def heartbeat(self, worker_id: str, running: Sequence[AttemptRef]) -> list[AttemptRef]:
@@ -360,7 +398,14 @@ class Scheduler:
         self._push(jobs)
         if len(jobs) == wanted and wanted == self.settings.claim_batch:
             self.wake(queue)  # more may be waiting: come back in the next cycle
+        elif len(jobs) < wanted and self._unlimited(queue):
+            # Not held back by a concurrency limit: the queue had nothing more ready.
+            self._drained.add(queue)
         return len(jobs)
+
+    def _unlimited(self, queue: str) -> bool:
+        policy = self._policies.get(queue)
+        return policy is not None and policy.concurrency_limit is None
 
     def _slots(self, queue: str) -> list[str]:
         """One worker id per free slot, round-robin across the queue's workers."""
@@ -472,13 +517,26 @@ def _age_s(job: Job) -> float:
     return max(0.0, (job.assigned_at - job.run_after).total_seconds())
 
 
-def _count_finished(queue: str, result: AttemptResult, outcome: ReportOutcome) -> None:
-    label = result.outcome.value
-    if outcome.state is not None and outcome.state.value == "dead_lettered":
-        label = "dead_lettered"
-    metrics.JOBS_FINISHED.labels(queue, label).inc()
-    if result.run_time_s is not None and result.outcome is not Outcome.CANCELLED:
-        metrics.JOB_RUN_TIME.labels(queue, result.outcome.value).observe(result.run_time_s)
+def _count_finished(
+    queue: str, results: Sequence[AttemptResult], outcomes: Sequence[ReportOutcome]
+) -> None:
+    """Count a batch's accepted results, looking each metric's labels up once per batch."""
+    finished: Counter[str] = Counter()
+    run_times: dict[Outcome, Histogram] = {}
+    for result, outcome in zip(results, outcomes, strict=True):
+        if not outcome.accepted:
+            continue
+        dead = outcome.state is not None and outcome.state.value == "dead_lettered"
+        finished["dead_lettered" if dead else result.outcome.value] += 1
+        if result.run_time_s is None or result.outcome is Outcome.CANCELLED:
+            continue
+        histogram = run_times.get(result.outcome)
+        if histogram is None:
+            histogram = metrics.JOB_RUN_TIME.labels(queue, result.outcome.value)
+            run_times[result.outcome] = histogram
+        histogram.observe(result.run_time_s)
+    for label, count in finished.items():
+        metrics.JOBS_FINISHED.labels(queue, label).inc(count)
 
 
 def _cancel_command(attempts: Sequence[AttemptRef], reason: str) -> workers_pb2.WorkerCommand:

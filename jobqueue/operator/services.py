@@ -54,7 +54,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         submitted = await self.store.submit(convert.new_job(request.job))
         if submitted.created:
             metrics.JOBS_SUBMITTED.labels(submitted.job.queue).inc()
-            await self.scheduler.announce([submitted.job.queue])
+            await self.scheduler.announce_jobs([submitted.job.queue])
         return jobs_pb2.SubmitResponse(
             job=convert.job_to_proto(submitted.job), created=submitted.created
         )
@@ -74,7 +74,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         created = [item.job.queue for item in submitted if item.created]
         for queue in created:
             metrics.JOBS_SUBMITTED.labels(queue).inc()
-        await self.scheduler.announce(created)
+        await self.scheduler.announce_jobs(created)
         return jobs_pb2.SubmitBatchResponse(
             results=[
                 jobs_pb2.SubmitResponse(job=convert.job_to_proto(item.job), created=item.created)

@@ -8,7 +8,11 @@ read in one sitting and tested without a server.
 
 Two transitions are done in SQL alone, for speed, and only listed here: a claim
 (pending → assigned, in one ``UPDATE ... FOR UPDATE SKIP LOCKED`` statement) and the
-promotion of a due retry (failed → pending).
+promotion of a due retry (failed → pending). Two more have a copy in SQL for the hot path:
+a batch of Started reports, and a batch of successful results, are recorded by one
+statement each (``START_ATTEMPTS``, ``FINISH_SUCCEEDED``) that applies ``stale_reason``'s
+conditions and does what ``start`` and ``finish`` do below; a test runs both paths and
+compares what they write.
 
 The states, and what moves a job between them::
 
@@ -175,6 +179,16 @@ def stale_reason(
     if job.worker_id != worker_id:
         return f"attempt {attempt} belongs to worker {job.worker_id}, not {worker_id}"
     return None
+
+
+def refusal(
+    job: Job | None, job_id: str, attempt: int, worker_id: str, expected: frozenset[JobState]
+) -> ReportOutcome:
+    """The answer to a report that was refused, saying why from the job's current row."""
+    # A report refused a moment ago cannot have become valid (attempt numbers only grow),
+    # but the row may still have moved on since; say so rather than nothing.
+    reason = stale_reason(job, attempt, worker_id, expected) or "the job changed meanwhile"
+    return _refused(job_id, attempt, job, reason)
 
 
 def _refused(job_id: str, attempt: int, job: Job | None, reason: str) -> ReportOutcome:

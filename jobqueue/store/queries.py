@@ -66,9 +66,11 @@ SELECT_QUEUE_NAMES_AMONG: LiteralString = """
 SELECT name FROM queues WHERE name = ANY(%(names)b::text[]) ORDER BY name
 """
 
-# The named queues' policies, held (FOR KEY SHARE) so they cannot be deleted under a submit.
+# The named queues' policies, held (FOR KEY SHARE) so they cannot be deleted under a submit,
+# with the version of each row (its xmin: every update of the row writes a new one).
 SELECT_QUEUES_FOR_SUBMIT: LiteralString = """
-SELECT * FROM queues WHERE name = ANY(%(names)b::text[]) FOR KEY SHARE
+SELECT xmin::text AS row_version, * FROM queues WHERE name = ANY(%(names)b::text[])
+FOR KEY SHARE
 """
 
 # Pause or resume a queue.
@@ -123,9 +125,17 @@ DELETE_QUEUE: LiteralString = "DELETE FROM queues WHERE name = %(name)s"
 # Jobs -----------------------------------------------------------------------------------
 
 # Insert validated jobs (skipping any whose idempotency key is taken) and their
-# submitted events; returns the jobs inserted.
+# submitted events, if every queue's row is still the version the jobs were validated
+# against; returns whether it was (``current``) and the jobs inserted. When none was
+# inserted, the one row has NULL job columns.
 INSERT_JOBS: LiteralString = """
-WITH input AS (
+WITH versions AS (
+  SELECT count(*) = cardinality(%(queue_names)b::text[]) AS current
+  FROM queues
+  JOIN unnest(%(queue_names)b::text[], %(queue_versions)b::text[]) AS v(name, row_version)
+    ON queues.name = v.name AND queues.xmin::text = v.row_version
+),
+input AS (
   SELECT * FROM unnest(
     %(ids)b::uuid[], %(queues)b::text[], %(kinds)b::text[], %(payloads)b::text[],
     %(priorities)b::int[], %(max_attempts)b::int[], %(timeouts_s)b::float8[],
@@ -141,6 +151,7 @@ inserted AS (
   SELECT id, queue, kind, payload::jsonb, priority, 'pending', 0, max_attempts, timeout_s,
          idempotency_key, labels::jsonb, run_after, %(now)s, %(now)s
   FROM input
+  WHERE (SELECT current FROM versions)
   ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING *
 ),
@@ -148,7 +159,7 @@ submitted AS (
   INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at)
   SELECT id, queue, 'submitted', 0, %(now)s FROM inserted
 )
-SELECT * FROM inserted
+SELECT versions.current, inserted.* FROM versions LEFT JOIN inserted ON true
 """
 
 # The jobs holding the given (queue, idempotency key) pairs.
@@ -264,6 +275,99 @@ recorded AS (
 SELECT (SELECT count(*) FROM changed) AS jobs_changed,
        (SELECT count(*) FROM recorded) AS events_recorded
 """
+
+# Reports, the common case in one statement each -------------------------------------
+#
+# A worker's Started report, and a result that says the attempt succeeded, are most of
+# the traffic. When every report of a batch is such a one, the store records them with one
+# of the two statements below instead of locking the rows, judging them in Python and
+# writing them back (four round trips). Each statement locks, in id order, only the rows
+# the report is still valid for (the attempt is the job's current one, the job is assigned
+# to this worker and in the expected state: lifecycle.stale_reason's conditions), changes
+# them as lifecycle.start and lifecycle.finish would, and records their events in order.
+# Rows it does not return were refused and left untouched.
+
+# Mark assigned attempts running, with a fresh lease, and record their started events.
+START_ATTEMPTS: LiteralString = """
+WITH reported AS (
+  SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[]) WITH ORDINALITY
+    AS r(id, attempt, position)
+),
+locked AS (
+  SELECT jobs.id, reported.position FROM jobs JOIN reported ON reported.id = jobs.id
+  WHERE jobs.attempt = reported.attempt AND jobs.worker_id = %(worker_id)s
+    AND jobs.state = 'assigned'
+  ORDER BY jobs.id
+  FOR UPDATE OF jobs
+),
+changed AS (
+  UPDATE jobs SET
+    state = 'running', started_at = %(now)s, lease_expires_at = %(lease_expires_at)s,
+    updated_at = %(now)s
+  FROM locked
+  WHERE jobs.id = locked.id
+  RETURNING jobs.id, jobs.queue, jobs.attempt, locked.position
+),
+recorded AS (
+  INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at, data)
+  SELECT id, queue, 'started', attempt, %(now)s, jsonb_build_object('worker_id', %(worker_id)s)
+  FROM changed ORDER BY position
+)
+SELECT position FROM changed
+"""
+
+# Mark in-flight attempts succeeded with their output, and record their events: a started
+# event first for an attempt whose Started report never came (the job is still assigned),
+# then the succeeded event. %(run_times_s)s are decimal texts so the events carry the
+# number exactly as a JSON encoder would write it.
+FINISH_SUCCEEDED: LiteralString = """
+WITH reported AS (
+  SELECT * FROM unnest(
+    %(ids)b::uuid[], %(attempts)b::int[], %(outputs)b::text[], %(output_truncateds)b::bool[],
+    %(exit_codes)b::int[], %(run_times_s)b::text[]
+  ) WITH ORDINALITY AS r(id, attempt, output, output_truncated, exit_code, run_time_s, position)
+),
+locked AS (
+  SELECT jobs.id, jobs.state AS previous_state, reported.output, reported.output_truncated,
+         reported.exit_code, reported.run_time_s, reported.position
+  FROM jobs JOIN reported ON reported.id = jobs.id
+  WHERE jobs.attempt = reported.attempt AND jobs.worker_id = %(worker_id)s
+    AND jobs.state IN ('assigned', 'running')
+  ORDER BY jobs.id
+  FOR UPDATE OF jobs
+),
+changed AS (
+  UPDATE jobs SET
+    state = 'succeeded',
+    started_at = CASE WHEN locked.previous_state = 'assigned' THEN %(now)s ELSE started_at END,
+    finished_at = %(now)s, lease_expires_at = NULL, output = locked.output,
+    output_truncated = locked.output_truncated, exit_code = locked.exit_code,
+    updated_at = %(now)s
+  FROM locked
+  WHERE jobs.id = locked.id
+  RETURNING jobs.id, jobs.queue, jobs.attempt, locked.previous_state, locked.exit_code,
+            locked.run_time_s, locked.position
+),
+recorded AS (
+  INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at, data)
+  SELECT id, queue, kind, attempt, %(now)s, data FROM (
+    SELECT id, queue, 'started' AS kind, attempt, position, 1 AS step,
+           jsonb_build_object('worker_id', %(worker_id)s) AS data
+    FROM changed WHERE previous_state = 'assigned'
+    UNION ALL
+    SELECT id, queue, 'succeeded', attempt, position, 2,
+           jsonb_build_object(
+             'worker_id', %(worker_id)s, 'exit_code', exit_code,
+             'run_time_s', run_time_s::numeric)
+    FROM changed
+  ) AS events
+  ORDER BY position, step
+)
+SELECT position FROM changed
+"""
+
+# The current rows of the given jobs, to say why reports about them were refused.
+SELECT_JOBS: LiteralString = "SELECT * FROM jobs WHERE id = ANY(%(ids)b::uuid[])"
 
 # Dispatch -----------------------------------------------------------------------------
 

@@ -22,9 +22,12 @@ import binascii
 import json
 import logging
 import random as random_module
+import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, LiteralString, Self
@@ -60,6 +63,7 @@ from jobqueue.store.model import (
     JobState,
     LostAttempt,
     NewJob,
+    Outcome,
     QueuePolicy,
     QueueStats,
     RateLimit,
@@ -80,6 +84,23 @@ Connection = AsyncConnection[DictRow]
 # million pending jobs does not hold a million row locks at once.
 _CANCEL_CHUNK = 1000
 _LIST_LIMIT_MAX = 1000
+# The state a Started report expects its attempt in.
+_STARTABLE = frozenset({JobState.ASSIGNED})
+
+
+# Seconds a queue policy read for submits is used before it is read again. Every use also
+# checks that the queue's row is still the version read, so this only bounds how long an
+# entry can live; it is not how stale a policy may be.
+_POLICY_TRUST_S = 30.0
+
+
+@dataclass(frozen=True)
+class _KnownPolicy:
+    """A queue's policy as read for submits, and which version of its row that was."""
+
+    policy: QueuePolicy
+    version: str  # the row's xmin, as text
+    read_at: float  # time.monotonic()
 
 
 class JobStore:
@@ -97,6 +118,7 @@ class JobStore:
         self._clock = clock
         self._limits = limits
         self._random = random
+        self._policies: dict[str, _KnownPolicy] = {}
 
     @classmethod
     async def open(
@@ -293,17 +315,75 @@ class JobStore:
 
         A job whose idempotency key is already used on its queue (earlier, or earlier in
         the same batch) is answered with the first job and ``created=False``.
+
+        The jobs are validated against their queues' policies as this store last read
+        them, and inserted by one statement that checks those rows are still the versions
+        read; a batch for a queue not read lately, or whose policy changed, or that those
+        policies refuse, is validated again in a transaction that reads the policies
+        afresh, under a lock that keeps the queues from being deleted meanwhile.
         """
         if not jobs:
             return []
         now = self._clock.now()
+        names = sorted({job.queue for job in jobs})
+        known = self._known_policies(names)
+        if known is not None:
+            submitted = await self._submit_to_known_queues(jobs, known, now)
+            if submitted is not None:
+                return submitted
+
         async with self._connection() as connection, connection.transaction():
-            cursor = await connection.execute(
-                queries.SELECT_QUEUES_FOR_SUBMIT, {"names": sorted({job.queue for job in jobs})}
-            )
-            policies = {row["name"]: _queue_from_row(row) for row in await cursor.fetchall()}
+            cursor = await connection.execute(queries.SELECT_QUEUES_FOR_SUBMIT, {"names": names})
+            known = self._remember_policies(names, await cursor.fetchall())
+            policies = {name: entry.policy for name, entry in known.items()}
             prepared = lifecycle.validate_batch(jobs, policies, self._limits, now)
-            return await _insert_jobs(cursor, prepared, now)
+            # No version to check: the lock keeps the queues from being deleted, and a
+            # pause or other change committed meanwhile does not undo this validation.
+            submitted = await _insert_jobs(cursor, prepared, now, versions={})
+        if submitted is None:
+            raise PermanentError("store: a submit with no versions to check found them stale")
+        return submitted
+
+    async def _submit_to_known_queues(
+        self, jobs: Sequence[NewJob], known: Mapping[str, _KnownPolicy], now: datetime
+    ) -> list[Submitted] | None:
+        """Submit in one statement if the remembered policies still hold; None if not."""
+        policies = {name: entry.policy for name, entry in known.items()}
+        try:
+            prepared = lifecycle.validate_batch(jobs, policies, self._limits, now)
+        except PermanentError:
+            # Perhaps refused by a policy that has changed since: the locked path decides.
+            return None
+        versions = {name: entry.version for name, entry in known.items()}
+        async with self._connection() as connection:
+            cursor = connection.cursor()
+            return await _insert_jobs(cursor, prepared, now, versions)
+
+    def _known_policies(self, names: Sequence[str]) -> dict[str, _KnownPolicy] | None:
+        """The remembered policies of ``names``, if every one was read lately."""
+        oldest = time.monotonic() - _POLICY_TRUST_S
+        known = {}
+        for name in names:
+            entry = self._policies.get(name)
+            if entry is None or entry.read_at < oldest:
+                return None
+            known[name] = entry
+        return known
+
+    def _remember_policies(
+        self, names: Sequence[str], rows: Sequence[DictRow]
+    ) -> dict[str, _KnownPolicy]:
+        read_at = time.monotonic()
+        found = {
+            row["name"]: _KnownPolicy(_queue_from_row(row), row["row_version"], read_at)
+            for row in rows
+        }
+        for name in names:
+            if name in found:
+                self._policies[name] = found[name]
+            else:
+                self._policies.pop(name, None)
+        return found
 
     async def get(self, job_id: str) -> Job:
         async with self._connection() as connection:
@@ -416,10 +496,40 @@ class JobStore:
     async def report_started(
         self, worker_id: str, attempts: Sequence[AttemptRef], lease_s: float
     ) -> list[ReportOutcome]:
-        """Mark attempts running; stale ones (wrong attempt, state or worker) are refused."""
+        """Mark attempts running; stale ones (wrong attempt, state or worker) are refused.
+
+        A batch naming each job once is recorded by one statement (``START_ATTEMPTS``);
+        anything else (a job named twice, an id that is not a UUID) is locked and judged
+        in Python, report by report.
+        """
         if not attempts:
             return []
         now = self._clock.now()
+        keys = _distinct_keys([ref.job_id for ref in attempts])
+        if keys is None:
+            return await self._judge_started(worker_id, attempts, lease_s, now)
+
+        params = {
+            "ids": keys,
+            "attempts": [ref.attempt for ref in attempts],
+            "worker_id": worker_id,
+            "now": now,
+            "lease_expires_at": now + timedelta(seconds=lease_s),
+        }
+        async with self._connection() as connection:
+            cursor = await connection.execute(queries.START_ATTEMPTS, params)
+            accepted = await _accepted_positions(cursor)
+            refused = await _refused_jobs(connection, keys, accepted)
+        return [
+            ReportOutcome(ref.job_id, ref.attempt, accepted=True, state=JobState.RUNNING)
+            if index in accepted
+            else lifecycle.refusal(refused.get(key), ref.job_id, ref.attempt, worker_id, _STARTABLE)
+            for index, (ref, key) in enumerate(zip(attempts, keys, strict=True))
+        ]
+
+    async def _judge_started(
+        self, worker_id: str, attempts: Sequence[AttemptRef], lease_s: float, now: datetime
+    ) -> list[ReportOutcome]:
         async with self._connection() as connection, connection.transaction():
             locked, cursor = await _lock_many(connection, [ref.job_id for ref in attempts])
             current = {job_id: job for job_id, (job, _) in locked.items()}
@@ -445,10 +555,50 @@ class JobStore:
     async def report_results(
         self, worker_id: str, results: Sequence[AttemptResult]
     ) -> list[ReportOutcome]:
-        """Record attempts' results; stale ones are refused and leave the job unchanged."""
+        """Record attempts' results; stale ones are refused and leave the job unchanged.
+
+        A batch of successes naming each job once, each with its run time, is recorded by
+        one statement (``FINISH_SUCCEEDED``); any other batch is locked and judged in
+        Python, result by result (failures need the backoff and the retry rules).
+        """
         if not results:
             return []
         now = self._clock.now()
+        keys = _distinct_keys([result.job_id for result in results])
+        if keys is None or not all(_plain_success(result) for result in results):
+            return await self._judge_results(worker_id, results, now)
+
+        outputs = [lifecycle.truncate_utf8(r.output, self._limits.output_bytes) for r in results]
+        params = {
+            "ids": keys,
+            "attempts": [result.attempt for result in results],
+            "outputs": [text for text, _ in outputs],
+            "output_truncateds": [
+                cut or result.output_truncated
+                for (_, cut), result in zip(outputs, results, strict=True)
+            ],
+            "exit_codes": [result.exit_code for result in results],
+            # repr() writes a float as json.dumps does, which the general path uses.
+            "run_times_s": [repr(result.run_time_s) for result in results],
+            "worker_id": worker_id,
+            "now": now,
+        }
+        async with self._connection() as connection:
+            cursor = await connection.execute(queries.FINISH_SUCCEEDED, params)
+            accepted = await _accepted_positions(cursor)
+            refused = await _refused_jobs(connection, keys, accepted)
+        return [
+            ReportOutcome(result.job_id, result.attempt, accepted=True, state=JobState.SUCCEEDED)
+            if index in accepted
+            else lifecycle.refusal(
+                refused.get(key), result.job_id, result.attempt, worker_id, IN_FLIGHT_STATES
+            )
+            for index, (result, key) in enumerate(zip(results, keys, strict=True))
+        ]
+
+    async def _judge_results(
+        self, worker_id: str, results: Sequence[AttemptResult], now: datetime
+    ) -> list[ReportOutcome]:
         async with self._connection() as connection, connection.transaction():
             locked, cursor = await _lock_many(connection, [result.job_id for result in results])
             current = {job_id: job for job_id, (job, _) in locked.items()}
@@ -702,8 +852,14 @@ async def _lock_one(connection: Connection, job_id: str) -> tuple[Job, AsyncCurs
     return job, cursor
 
 
+# A UUID already spelled as the database spells it (what workers send back): no parsing.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _canonical_id(job_id: str) -> str | None:
     """A job id as the database spells it; None if it is not a UUID."""
+    if isinstance(job_id, str) and _CANONICAL_UUID.fullmatch(job_id):
+        return job_id
     try:
         return str(uuid.UUID(job_id))
     except (ValueError, TypeError, AttributeError):
@@ -721,6 +877,35 @@ async def _lock_many(
         job = _job_from_row(row)
         locked[job.id] = (job, _backoff_from_row(row))
     return locked, cursor
+
+
+def _distinct_keys(job_ids: Sequence[str]) -> list[str] | None:
+    """Canonical ids of a batch that names each job once by a valid id; None otherwise."""
+    keys = [_canonical_id(job_id) for job_id in job_ids]
+    if None in keys or len(set(keys)) != len(keys):
+        return None
+    return [key for key in keys if key is not None]
+
+
+def _plain_success(result: AttemptResult) -> bool:
+    return result.outcome is Outcome.SUCCEEDED and result.run_time_s is not None
+
+
+async def _accepted_positions(cursor: AsyncCursor[DictRow]) -> set[int]:
+    """The 0-based positions in the batch of the reports a one-statement report accepted."""
+    return {int(row["position"]) - 1 for row in await cursor.fetchall()}
+
+
+async def _refused_jobs(
+    connection: Connection, keys: Sequence[str], accepted: set[int]
+) -> dict[str, Job]:
+    """The current rows of the jobs whose reports were refused, to say why (no lock: the
+    refusal is already decided; the reason only describes it)."""
+    refused = [key for index, key in enumerate(keys) if index not in accepted]
+    if not refused:
+        return {}
+    cursor = await connection.execute(queries.SELECT_JOBS, {"ids": refused})
+    return {job.id: job for job in map(_job_from_row, await cursor.fetchall())}
 
 
 def _merge(earlier: Change | None, later: Change) -> Change:
@@ -767,9 +952,16 @@ async def _apply(cursor: AsyncCursor[DictRow], changes: Sequence[Change]) -> Non
 
 
 async def _insert_jobs(
-    cursor: AsyncCursor[DictRow], prepared: Sequence[PreparedJob], now: datetime
-) -> list[Submitted]:
-    """Insert the first job of each idempotency key; answer the rest with the holder."""
+    cursor: AsyncCursor[DictRow],
+    prepared: Sequence[PreparedJob],
+    now: datetime,
+    versions: Mapping[str, str],
+) -> list[Submitted] | None:
+    """Insert the first job of each idempotency key; answer the rest with the holder.
+
+    None, and nothing inserted, if a queue's row is no longer the version in ``versions``
+    (an empty mapping checks nothing).
+    """
     key_owner: dict[tuple[str, str], int] = {}
     to_insert: list[tuple[str, PreparedJob]] = []
     for index, job in enumerate(prepared):
@@ -782,8 +974,14 @@ async def _insert_jobs(
     # Insert in key order: two batches sharing keys then wait on each other in one order.
     to_insert.sort(key=lambda item: (item[1].queue, item[1].idempotency_key or ""))
 
-    await cursor.execute(queries.INSERT_JOBS, _insert_params(to_insert, now))
-    inserted = {str(row["id"]): _job_from_row(row) for row in await cursor.fetchall()}
+    params = _insert_params(to_insert, now)
+    params["queue_names"] = list(versions)
+    params["queue_versions"] = list(versions.values())
+    await cursor.execute(queries.INSERT_JOBS, params)
+    rows = await cursor.fetchall()
+    if not rows[0]["current"]:
+        return None
+    inserted = {str(row["id"]): _job_from_row(row) for row in rows if row["id"] is not None}
     by_key: dict[tuple[str, str], Job] = {
         (job.queue, job.idempotency_key): job
         for job in inserted.values()

@@ -15,7 +15,11 @@ none is recorded twice.
 
 An item may wait for another report to be answered first (``after``): a result is sent
 only once its attempt's ``Started`` was answered, so the operator never sees the end of
-an attempt before its start.
+an attempt before its start. An item not sent yet can be withdrawn instead: an attempt
+that ends while its ``Started`` still waits for a call (a busy worker, or a handler that
+returns at once: the reporter lets ready attempts run a step before it takes a batch)
+sends only its result, and the operator records the start and the end together, in that
+order. That saves a call and a database write per short job.
 """
 
 from __future__ import annotations
@@ -87,7 +91,8 @@ class Reporter(Generic[Item]):
         self._key = key
         self._max_batch_items = max_batch_items
         self._max_batch_bytes = max_batch_bytes
-        self._waiting: list[_Entry[Item]] = []
+        # Items not sent yet, by attempt, oldest first; a dict so withdrawing one is cheap.
+        self._waiting: dict[AttemptKey, _Entry[Item]] = {}
         self._in_flight: list[_Entry[Item]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -97,18 +102,39 @@ class Reporter(Generic[Item]):
     def submit(
         self, item: Item, *, after: asyncio.Future[Any] | None = None
     ) -> asyncio.Future[Answer]:
-        """Queue ``item``; the returned future holds the operator's answer for it."""
+        """Queue ``item``; the returned future holds the operator's answer for it.
+
+        One item per attempt waits at a time: for an attempt whose item waits already,
+        that item's answer is returned and ``item`` is dropped.
+        """
+        key = self._key(item)
+        queued = self._waiting.get(key)
+        if queued is not None:
+            return queued.answer
         answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Entry(item, self._key(item), answer, after))
+        self._waiting[key] = _Entry(item, key, answer, after)
         if after is not None and not after.done():
             after.add_done_callback(lambda _: self._wake.set())
         self._idle.clear()
         self._wake.set()
         return answer
 
+    def withdraw(self, key: AttemptKey) -> bool:
+        """Take back the item for ``key`` if it has not been sent; its answer is cancelled.
+
+        False when it is in flight or already answered: then it must run its course.
+        """
+        entry = self._waiting.pop(key, None)
+        if entry is None:
+            return False
+        entry.answer.cancel()
+        if not self._waiting and not self._in_flight:
+            self._idle.set()
+        return True
+
     def unanswered(self) -> list[AttemptKey]:
         """The attempts whose report the operator has not answered yet."""
-        return [entry.key for entry in (*self._in_flight, *self._waiting)]
+        return [*(entry.key for entry in self._in_flight), *self._waiting]
 
     async def flushed(self) -> None:
         """Wait until every submitted item has been answered."""
@@ -118,6 +144,9 @@ class Reporter(Generic[Item]):
         """The sender loop; runs until cancelled."""
         while True:
             await self._wake.wait()
+            # Let what is ready run first: an attempt that ends at once withdraws its
+            # Started report (see ``withdraw``) and the result alone goes.
+            await asyncio.sleep(0)
             session = await self._link.online()
             batch = self._take_batch()
             if not batch:
@@ -129,16 +158,20 @@ class Reporter(Generic[Item]):
     def _take_batch(self) -> list[_Entry[Item]]:
         batch: list[_Entry[Item]] = []
         size = 0
-        for entry in self._waiting:
+        for entry in self._waiting.values():
             if not entry.ready():
                 continue
             size += entry.item.ByteSize()
             if batch and (size > self._max_batch_bytes or len(batch) >= self._max_batch_items):
                 break
             batch.append(entry)
-        taken = {id(entry) for entry in batch}
-        self._waiting = [entry for entry in self._waiting if id(entry) not in taken]
+        for entry in batch:
+            del self._waiting[entry.key]
         return batch
+
+    def _put_back(self, batch: list[_Entry[Item]]) -> None:
+        """Return an unsent batch to the front, in order: it goes first next time."""
+        self._waiting = {entry.key: entry for entry in batch} | self._waiting
 
     async def _send_batch(self, session: Session, batch: list[_Entry[Item]]) -> None:
         self._in_flight = batch
@@ -146,12 +179,12 @@ class Reporter(Generic[Item]):
         try:
             outcomes = await self._send([entry.item for entry in batch])
         except asyncio.CancelledError:
-            self._waiting[:0] = batch
+            self._put_back(batch)
             raise
         except grpc.aio.AioRpcError as error:
             if is_temporary(error):
-                # Back at the front, in order: resent first once the worker is registered.
-                self._waiting[:0] = batch
+                # Resent first, once the worker is registered again.
+                self._put_back(batch)
                 self._link.lose(session, f"{self.kind} call failed ({describe(error)})")
             else:
                 logger.error(

@@ -154,6 +154,11 @@ class Worker:
         self._leaving_reason = ""
         # Once set, every attempt held now or assigned later is stopped with it.
         self._stop_everything: StopRequest | None = None
+        # The counter of finished attempts for each outcome, looked up once, not per job.
+        self._finished_jobs = {
+            outcome: WORKER_JOBS.labels(queue=config.queue, outcome=outcome.value)
+            for outcome in Outcome
+        }
         self._started: Reporter[workers_pb2.JobAttempt] = Reporter(
             "Started",
             queue=config.queue,
@@ -543,13 +548,16 @@ class Worker:
             attempt.job_id, self.config.queue, attempt=attempt.number, outcome=result.outcome.value
         )
         del self._attempts[attempt.key]
-        WORKER_JOBS.labels(queue=self.config.queue, outcome=result.outcome.value).inc()
+        self._finished_jobs[result.outcome].inc()
         if attempt.stop_request is not None and not attempt.stop_request.report:
             logger.debug(
                 "Attempt %d ended; its result is not reported", attempt.number, extra=fields
             )
             return
         logger.debug("Attempt %d ended: %s", attempt.number, result.outcome.value, extra=fields)
+        if started is not None and self._started.withdraw(attempt.key):
+            # Its Started report had not left yet: the result reports the start as well.
+            started = None
         self._results.submit(job_result(attempt, result), after=started)
 
     # Leaving --------------------------------------------------------------------------

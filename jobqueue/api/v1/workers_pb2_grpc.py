@@ -84,7 +84,10 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Started(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The worker began running the attempts. It may leave an attempt out when the attempt
+        has already ended by the time the report would go: its Result then records the
+        start as well, before the end. A Result is never sent before its Started is answered.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

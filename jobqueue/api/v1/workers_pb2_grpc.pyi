@@ -45,6 +45,10 @@ class WorkerServiceStub:
     operator shuts down (the worker then reconnects with backoff).
     """
     Started: _grpc.UnaryUnaryMultiCallable[_workers_pb2.StartedRequest, _workers_pb2.StartedResponse]
+    """The worker began running the attempts. It may leave an attempt out when the attempt
+    has already ended by the time the report would go: its Result then records the
+    start as well, before the end. A Result is never sent before its Started is answered.
+    """
     Result: _grpc.UnaryUnaryMultiCallable[_workers_pb2.ResultRequest, _workers_pb2.ResultResponse]
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_workers_pb2.HeartbeatRequest, _workers_pb2.HeartbeatResponse]
     Deregister: _grpc.UnaryUnaryMultiCallable[_workers_pb2.DeregisterRequest, _workers_pb2.DeregisterResponse]
@@ -58,6 +62,10 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     operator shuts down (the worker then reconnects with backoff).
     """
     Started: _aio.UnaryUnaryMultiCallable[_workers_pb2.StartedRequest, _workers_pb2.StartedResponse]  # type: ignore[assignment]
+    """The worker began running the attempts. It may leave an attempt out when the attempt
+    has already ended by the time the report would go: its Result then records the
+    start as well, before the end. A Result is never sent before its Started is answered.
+    """
     Result: _aio.UnaryUnaryMultiCallable[_workers_pb2.ResultRequest, _workers_pb2.ResultResponse]  # type: ignore[assignment]
     Heartbeat: _aio.UnaryUnaryMultiCallable[_workers_pb2.HeartbeatRequest, _workers_pb2.HeartbeatResponse]  # type: ignore[assignment]
     Deregister: _aio.UnaryUnaryMultiCallable[_workers_pb2.DeregisterRequest, _workers_pb2.DeregisterResponse]  # type: ignore[assignment]
@@ -85,7 +93,11 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _workers_pb2.StartedRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_workers_pb2.StartedResponse, _abc.Awaitable[_workers_pb2.StartedResponse]]: ...
+    ) -> _typing.Union[_workers_pb2.StartedResponse, _abc.Awaitable[_workers_pb2.StartedResponse]]:
+        """The worker began running the attempts. It may leave an attempt out when the attempt
+        has already ended by the time the report would go: its Result then records the
+        start as well, before the end. A Result is never sent before its Started is answered.
+        """
 
     @_abc_1.abstractmethod
     def Result(

@@ -25,7 +25,14 @@ from confluent_kafka import Consumer, Message
 from jobqueue.config import KafkaSettings
 from jobqueue.devenv import Environment
 from jobqueue.devenv.processes import free_port
-from jobqueue.events import OUTBOX_LOCK_KEY, OutboxRelay, all_topics, topic_for
+from jobqueue.events import (
+    OUTBOX_LOCK_KEY,
+    OutboxEvent,
+    OutboxRelay,
+    all_topics,
+    encode_event,
+    topic_for,
+)
 from tests.conftest import KafkaTarget
 
 pytestmark = pytest.mark.integration
@@ -220,6 +227,54 @@ async def test_every_event_arrives_once_in_order_per_job_and_is_marked(
     received = await asyncio.to_thread(consume, kafka, {event.id for event in written})
     assert check_delivery(kafka, written, received) == 0
     assert await published_ids(database_url) == {event.id for event in written}
+
+
+# Event data as the store writes it, and the awkward cases JSON encoders differ on.
+_TRICKY_DATA: tuple[dict[str, object], ...] = (
+    {"worker_id": "w-1", "exit_code": 0, "run_time_s": 0.00012},
+    {"worker_id": "w-1", "exit_code": None, "run_time_s": 2.0},
+    {"error": 'exit status 3 — «bad» "quoted"\n\ttabbed \\ \u2028', "retry_at": None},
+    {"reason": "", "nested": {"list": [1, 2.5, True, False, None], "empty": {}}},
+    {},
+)
+
+
+async def test_the_relay_sends_the_document_encode_event_defines(
+    database_url: str, kafka: KafkaTarget
+) -> None:
+    # The relay has PostgreSQL render each value; encode_event is the definition.
+    job_id = new_jobs(1)[0]
+    moments = [datetime(2026, 3, 4, 5, 6, 7, micros, tzinfo=UTC) for micros in (0, 1, 891011)]
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as connection:
+        events = []
+        for index, data in enumerate(_TRICKY_DATA):
+            cursor = await connection.execute(
+                "INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at, data)"
+                " VALUES (%s, 'émails', 'failed', %s, %s, %s::jsonb) RETURNING id",
+                (job_id, index, moments[index % len(moments)], json.dumps(data)),
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            moment = moments[index % len(moments)]
+            events.append(OutboxEvent(row[0], job_id, "émails", "failed", index, moment, data))
+    relay = make_relay(database_url, kafka)
+
+    async with running(relay):
+
+        async def all_published() -> bool:
+            return relay.published == len(events)
+
+        await _wait_for(all_published, 60, "every event to be published")
+
+    received = await asyncio.to_thread(consume, kafka, {event.id for event in events})
+    by_id = {message.event_id: message for message in received}
+    for event in events:
+        expected = encode_event(kafka.topic_prefix, event)
+        message = by_id[event.id]
+        assert message.document == json.loads(expected.value)
+        assert message.topic == expected.topic
+        assert message.job_id.encode() == expected.key
+        assert tuple(message.headers.items()) == expected.headers
 
 
 async def test_events_written_while_relaying_follow_the_earlier_ones(

@@ -40,11 +40,10 @@ def operator_settings(
     lease_s: float = 3.0,
     **more: str,
 ) -> Settings:
-    """Settings for an operator on the session's servers; ``more`` adds JQ_* variables."""
+    """Settings for an operator on the session's servers; ``more`` overrides or adds JQ_*."""
     return load_settings(
         None,
         environ={
-            **more,
             "JQ_DATABASE_URL": database_url,
             "JQ_REDIS_URL": redis_url,
             "JQ_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
@@ -57,7 +56,8 @@ def operator_settings(
             # operator with TLS, tokens and RBAC.
             "JQ_OPERATOR_TLS_INSECURE_PLAINTEXT": "true",
             "JQ_OPERATOR_AUTH_MODE": "none",
-        },
+        }
+        | more,
     )
 
 

@@ -238,6 +238,34 @@ async def test_two_replicas_never_dispatch_a_job_twice(
             assert Counter(await event_kinds(first.client, job.id))["STARTED"] == 1
 
 
+async def test_a_replica_without_free_slots_hands_new_jobs_to_the_others(
+    database_url: str, redis_url: str, kafka: KafkaTarget, workers: Workers
+) -> None:
+    # Polls so rare that only the Redis wake-up can get the job dispatched in time.
+    slow_poll = {"JQ_OPERATOR_POLL_INTERVAL_S": "60"}
+    without_workers = operator_settings(database_url, redis_url, kafka, free_port(), **slow_poll)
+    with_workers = operator_settings(database_url, redis_url, kafka, free_port(), **slow_poll)
+    async with (
+        operator_running(without_workers) as first,
+        operator_running(with_workers) as second,
+    ):
+        await create_queue(first.parts.store)
+        await workers.start(second.port)
+        await wait_for(lambda: _streaming(second))
+
+        job = await first.client.submit(
+            job_spec(QUEUE, handler=f"{HANDLERS}:add", arguments={"a": 1, "b": 2})
+        )
+        final = await first.client.wait(job.id, timeout_s=20)
+
+        assert final.state == SUCCEEDED
+        assert final.worker_id == "worker-0"
+
+
+async def _streaming(running: Operator) -> bool:
+    return running.parts.scheduler.connected_workers(QUEUE) > 0
+
+
 async def test_sigterm_drains_the_worker(operator: Operator, workers: Workers) -> None:
     worker = await workers.start(operator.port, concurrency=2)
     slow = python("import time", "time.sleep(1.5)", "print('done')")

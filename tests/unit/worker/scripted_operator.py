@@ -83,6 +83,8 @@ class ScriptedOperator(workers_pb2_grpc.WorkerServiceServicer):
         self.refuse_started: set[Key] = set()
         # Attempts a heartbeat answers with "stop" once the worker lists them as running.
         self.stop_on_heartbeat: set[Key] = set()
+        # Awaited before a Started call is answered (and recorded); may hold it.
+        self.started_hook: Callable[[workers_pb2.StartedRequest], Awaitable[None]] | None = None
         # Awaited before a Result call is answered (and recorded); may hold it.
         self.result_hook: Callable[[workers_pb2.ResultRequest], Awaitable[None]] | None = None
         self.results_in_flight = 0
@@ -133,6 +135,8 @@ class ScriptedOperator(workers_pb2_grpc.WorkerServiceServicer):
     async def Started(
         self, request: workers_pb2.StartedRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> workers_pb2.StartedResponse:
+        if self.started_hook is not None:
+            await self.started_hook(request)
         self.started_calls.add(len(request.jobs))
         outcomes = []
         for job in request.jobs:
