@@ -128,6 +128,11 @@ async def operator_process(
         JQ_KAFKA_TOPIC_PREFIX=prefix,
         JQ_OPERATOR_GRPC_ADDRESS=address,
         JQ_OPERATOR_HTTP_ADDRESS="",
+        # The benchmark measures queueing, like the queues it is compared with, which have
+        # neither TLS nor per-call authentication (what those cost per call is in
+        # docs/security.md).
+        JQ_OPERATOR_TLS_INSECURE_PLAINTEXT="true",
+        JQ_OPERATOR_AUTH_MODE="none",
     )
     profile_output = run_dir / "operator.pyisession"
     profile = str(profile_output)
@@ -173,7 +178,7 @@ async def worker_processes(
     run_dir: Path,
 ) -> AsyncIterator[list[ManagedProcess]]:
     """``count`` real ``jobqueue-worker`` processes serving ``queue``; killed at the end."""
-    environment = _child_environment()
+    environment = _child_environment(JQ_WORKER_TLS_INSECURE_PLAINTEXT="true")
     workers = []
     for index in range(count):
         worker_id = f"bench-worker-{index}"

@@ -210,7 +210,7 @@ async def test_applied_queue_becomes_its_policy_row_and_follows_spec_changes(
         ready = condition(body, "Ready")
         return (
             body is not None
-            and body["status"].get("observedGeneration") == generation
+            and (body.get("status") or {}).get("observedGeneration") == generation
             and ready is not None
             and ready["status"] == "True"
         )
