@@ -98,6 +98,9 @@ def test_full_values_render_every_optional_object(full_documents: list[dict[str,
         ({"config": {"database": {"password": "hunter2"}}}, "/config/database", "'password'"),
         ({"config": {"operator": {"grpc_address": ":1"}}}, "/config/operator", "grpc_address"),
         ({"config": {"logging": {"level": "LOUD"}}}, "/config/logging/level", "must be one of"),
+        ({"config": {"operator": {"auth": {"mode": "open"}}}}, "/config/operator/auth/mode", ""),
+        ({"config": {"operator": {"auth": {"cache_size": 0}}}}, "/auth/cache_size", "minimum"),
+        ({"config": {"operator": {"tls": {"cert_file": "/c"}}}}, "/operator/tls", "cert_file"),
         ({"ports": {"grpc": 70000}}, "/ports/grpc", "maximum"),
         ({"service": {"type": "Internal"}}, "/service/type", "'ClusterIP', 'NodePort'"),
         ({"podDisruptionBudget": {"maxUnavailable": "half"}}, "/podDisruptionBudget", ""),
@@ -249,6 +252,9 @@ def test_settings_file_and_env_load_as_jobqueue_settings(
         assert settings.kafka.sasl_password == "jobqueue-kafka/sasl-password"
         assert settings.kafka.security_protocol == "SASL_SSL"
         assert settings.operator.lease_s == 60
+        assert settings.operator.auth.audiences == "jobqueue"
+        assert settings.redis.username == "jobqueue"
+        assert settings.database.ssl_root_cert == "/etc/jobqueue/ca/ca.crt"
 
 
 def test_changed_settings_roll_the_operator() -> None:
@@ -258,6 +264,46 @@ def test_changed_settings_roll_the_operator() -> None:
 
     assert checksum() == checksum()
     assert checksum() != checksum("config.logging.level=DEBUG")
+
+
+# Settings the chart writes itself: the listen addresses follow `ports`, the certificate
+# files are where the `tls` Secret is mounted.
+CHART_DERIVED_SETTINGS = frozenset(
+    {
+        "operator.grpc_address",
+        "operator.http_address",
+        "operator.tls.cert_file",
+        "operator.tls.key_file",
+    }
+)
+
+
+def _assert_schema_tracks(setting: str, section_type: Any, section_schema: dict[str, Any]) -> None:
+    """One section's schema lists its settings (nested sections too), enums and minimums."""
+    fields = {f.name: f for f in dataclasses.fields(section_type)}
+    field_hints = typing.get_type_hints(section_type)
+    # Secrets come from Secrets, and the chart's own settings from the chart.
+    expected = {
+        name
+        for name, spec in fields.items()
+        if not spec.metadata.get("secret") and f"{setting}.{name}" not in CHART_DERIVED_SETTINGS
+    }
+    assert set(section_schema["properties"]) == expected, setting
+    assert section_schema["additionalProperties"] is False, setting
+    for name, property_schema in section_schema["properties"].items():
+        hint = field_hints[name]
+        if dataclasses.is_dataclass(hint):
+            _assert_schema_tracks(f"{setting}.{name}", hint, property_schema)
+            continue
+        literals = [a for a in get_args(hint) if typing.get_origin(a) is typing.Literal]
+        if typing.get_origin(hint) is typing.Literal:
+            literals = [hint]
+        if literals:
+            choices = {c for c in property_schema["enum"] if c is not None}
+            assert choices == set(get_args(literals[0])), f"{setting}.{name}"
+        minimum = fields[name].metadata.get("minimum")
+        if minimum is not None:
+            assert property_schema["minimum"] == minimum, f"{setting}.{name}"
 
 
 def test_values_schema_config_tracks_jobqueue_settings() -> None:
@@ -270,28 +316,16 @@ def test_values_schema_config_tracks_jobqueue_settings() -> None:
         "worker"
     }
     for section, section_schema in sections.items():
-        section_type = hints[section]
-        fields = {f.name: f for f in dataclasses.fields(section_type)}
-        field_hints = typing.get_type_hints(section_type)
-        # Secrets come from Secrets; the listen addresses from `ports`.
-        expected = {
-            name
-            for name, spec in fields.items()
-            if not spec.metadata.get("secret") and name not in ("grpc_address", "http_address")
-        }
-        assert set(section_schema["properties"]) == expected, section
-        assert section_schema["additionalProperties"] is False
-        for name, property_schema in section_schema["properties"].items():
-            hint = field_hints[name]
-            literals = [a for a in get_args(hint) if typing.get_origin(a) is typing.Literal]
-            if typing.get_origin(hint) is typing.Literal:
-                literals = [hint]
-            if literals:
-                choices = {c for c in property_schema["enum"] if c is not None}
-                assert choices == set(get_args(literals[0])), f"{section}.{name}"
-            minimum = fields[name].metadata.get("minimum")
-            if minimum is not None:
-                assert property_schema["minimum"] == minimum, f"{section}.{name}"
+        _assert_schema_tracks(section, hints[section], section_schema)
+
+
+def test_schema_tracking_reaches_nested_sections() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    operator = schema["properties"]["config"]["properties"]["operator"]
+    del operator["properties"]["auth"]["properties"]["cache_size"]
+
+    with pytest.raises(AssertionError, match=r"operator\.auth"):
+        _assert_schema_tracks("operator", jobqueue_config.OperatorSettings, operator)
 
 
 # RBAC -------------------------------------------------------------------------------------
