@@ -144,6 +144,29 @@ def test_base_operator_is_locked_down_like_the_chart(base: list[dict[str, Any]])
     assert env["JQ_DATABASE_PASSWORD"]["valueFrom"]["secretKeyRef"]["optional"] is True
 
 
+def test_base_serves_tls_from_a_secret_mounted_like_the_charts(
+    base: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    def tls_parts(documents: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        pod = only(documents, "Deployment")["spec"]["template"]["spec"]
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "tls"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+        return mount, volume
+
+    # The chart, rendered under the base's names, mounts the same Secret the same way.
+    chart = render(sets=["fullnameOverride=jobqueue-operator"])
+    assert tls_parts(base) == tls_parts(chart)
+    assert tls_parts(base)[1]["secret"]["secretName"] == "jobqueue-operator-tls"
+    config_map = next(d for d in base if d["kind"] == "ConfigMap")
+    path = tmp_path / "config.yaml"
+    path.write_text(config_map["data"]["config.yaml"])
+    settings = jobqueue_config.load_settings(path, environ={})
+    mount_path = tls_parts(base)[0]["mountPath"]
+    assert settings.operator.tls.cert_file == f"{mount_path}/tls.crt"
+    assert settings.operator.tls.key_file == f"{mount_path}/tls.key"
+    assert settings.operator.auth.mode == "kubernetes"
+
+
 def test_base_settings_point_workers_at_its_service(
     base: list[dict[str, Any]], tmp_path: Path
 ) -> None:

@@ -69,3 +69,27 @@ def test_kind_values_pass_the_chart_schema() -> None:
 
     assert 'image: "ghcr.io/jobqueue/operator:0.1.0"' in result.stdout
     assert "imagePullPolicy: Never" in result.stdout
+
+
+def test_base_certificate_example_is_the_charts_for_the_base() -> None:
+    example = _load("certificate.yaml")
+    base = MANIFESTS / "base"
+    deployment = yaml.safe_load((base / "deployment.yaml").read_text())
+    settings = yaml.safe_load((base / "config.yaml").read_text())["operator"]
+    rendered = helm(
+        "template", "jobqueue", str(CHART), "--namespace", "jobqueue-system",
+        "--set", "fullnameOverride=jobqueue-operator",
+        "--set", "tls.secretName=jobqueue-operator-tls",
+        "--set", "tls.certManager.enabled=true",
+        "--set", "tls.certManager.issuerRef.name=jobqueue-ca",
+        "--show-only", "templates/certificate.yaml",
+    ).stdout  # fmt: skip
+
+    # The Secret it fills is the one the base mounts, and it names the host workers dial.
+    volumes = {
+        volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]
+    }
+    assert example["spec"]["secretName"] == volumes["tls"]["secret"]["secretName"]
+    assert settings["service_address"].rpartition(":")[0] in example["spec"]["dnsNames"]
+    # Otherwise it is what the chart asks cert-manager for.
+    assert example["spec"] == yaml.safe_load(rendered)["spec"]
