@@ -259,3 +259,46 @@ def test_examples_are_accepted_by_the_api_server(
         "queueworkerpool.jobqueue.dev/emails-autoscaled",
         "queueworkerpool.jobqueue.dev/emails-workers",
     ]
+
+
+def _allowed(
+    api_client: kube_client.ApiClient, namespace: str, account: str, verb: str, queue: str
+) -> bool:
+    review = kube_client.AuthorizationV1Api(api_client).create_subject_access_review(
+        kube_client.V1SubjectAccessReview(
+            spec=kube_client.V1SubjectAccessReviewSpec(
+                user=f"system:serviceaccount:{namespace}:{account}",
+                groups=["system:serviceaccounts", "system:authenticated"],
+                resource_attributes=kube_client.V1ResourceAttributes(
+                    group="jobqueue.dev", resource="jobqueues", subresource="jobs",
+                    name=queue, verb=verb, namespace=namespace,
+                ),
+            )
+        )
+    )  # fmt: skip
+    return bool(review.status.allowed)
+
+
+def test_kind_examples_access_lets_workers_work_and_the_tests_call(
+    devenv: Environment, cache: Path, kube_api_client: kube_client.ApiClient, namespace: str
+) -> None:
+    # The file is written for jobqueue-examples; the test applies it in a namespace of its own.
+    manifest = (MANIFESTS / "dev" / "examples-access.yaml").read_text()
+    moved = manifest.replace("namespace: jobqueue-examples", f"namespace: {namespace}")
+    assert "jobqueue-examples" not in yaml.safe_dump_all(yaml.safe_load_all(moved))
+    path = cache / f"examples-access-{namespace}.yaml"
+    path.write_text(moved)
+
+    kubectl(devenv, cache, "apply", "--server-side", "-f", str(path))
+
+    def allowed(account: str, verb: str, queue: str = "emails") -> bool:
+        return _allowed(kube_api_client, namespace, account, verb, queue)
+
+    assert allowed("default", "work")
+    assert not allowed("default", "submit")
+    assert not allowed("default", "work", queue="other")
+    for verb in ("submit", "get", "watch", "status"):
+        assert allowed("e2e-caller", verb), verb
+    assert not allowed("e2e-caller", "work")
+    assert not allowed("e2e-caller", "pause")
+    assert not allowed("e2e-caller", "submit", queue="other")

@@ -7,6 +7,7 @@ code the operator uses, and the Application's chart values pass the chart's sche
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,18 @@ def test_base_certificate_example_is_the_charts_for_the_base() -> None:
     assert settings["service_address"].rpartition(":")[0] in example["spec"]["dnsNames"]
     # Otherwise it is what the chart asks cert-manager for.
     assert example["spec"] == yaml.safe_load(rendered)["spec"]
+
+
+def test_kind_values_serve_tls_with_what_the_kind_script_makes() -> None:
+    values = yaml.safe_load((MANIFESTS / "dev" / "helm-values.yaml").read_text())
+    script = (REPOSITORY / "scripts" / "kind-e2e.sh").read_text()
+
+    def assigned(variable: str) -> str:
+        (value,) = re.findall(rf"^{variable}=(\S+)$", script, flags=re.MULTILINE)
+        return value
+
+    assert not values["config"].get("operator", {}).get("tls", {}).get("insecure_plaintext")
+    # The Secret the chart mounts and the ConfigMap it names are the ones the script makes.
+    assert values["tls"]["secretName"] == assigned("TLS_SECRET")
+    assert values["tls"]["caConfigMapName"] == assigned("CA_CONFIGMAP")
+    assert "scripts/dev-certificate.sh" in script
