@@ -83,7 +83,8 @@ def serving(minted: Path) -> Iterator[int]:
     port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     yield port
-    server.stop(grace=None)
+    # Waited for, so no server thread outlives the test (later tests fork subprocesses).
+    server.stop(grace=None).wait()
 
 
 def _handshake(port: int, ca_file: Path, name: str) -> bool:
