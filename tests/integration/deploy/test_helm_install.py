@@ -10,7 +10,8 @@ No pod runs here (there is no kubelet), so the operator Deployment's pods stay P
 is checked is what the API server holds and allows. The last test runs the real operator as
 a local process instead, with the chart's settings file, a token of the chart's account, and
 the certificate from a Secret the way the Deployment mounts it: TLS on, and every gRPC call
-checked with TokenReview and SubjectAccessReview under nothing but the chart's ClusterRole.
+(a worker's registration too) checked against the API server with nothing but the chart's
+ClusterRole.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from kubernetes import client as kube_client
 from kubernetes import watch as kube_watch
 
 from jobqueue import resources
-from jobqueue.client import Client
+from jobqueue.api.v1 import jobs_pb2
+from jobqueue.client import Client, job_spec
 from jobqueue.devenv import Environment
 from jobqueue.devenv.certificates import mint_serving_certificate
 from jobqueue.devenv.processes import free_port
 from jobqueue.errors import PermissionDeniedError, UnauthenticatedError, UnavailableError
 from tests.conftest import KafkaTarget
-from tests.deploy_helpers import CHART, CRDS, OPERATOR_PERMISSIONS, helm
+from tests.deploy_helpers import CHART, CRDS, OPERATOR_PERMISSIONS, REPOSITORY, helm
 from tests.integration.security.cluster import Cluster
 
 pytestmark = pytest.mark.integration
@@ -642,6 +644,41 @@ def _observed(body: dict[str, Any]) -> bool:
 
 
 GRPC_CALL_TIMEOUT_S = 10
+HANDLER = "tests.integration.deploy.handlers:send_email"
+JOB_TIMEOUT_S = 60
+WORKER_STOP_TIMEOUT_S = 30
+
+
+def _start_worker(
+    address: str, ca_file: Path, token: str, pod: str, scratch: Path
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """jobqueue-worker as a pod of emails-workers runs it: TLS, its pod-bound token."""
+    token_file = scratch / "worker.token"
+    token_file.write_text(token)
+    log_path = scratch / "worker.log"
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("JQ_")}
+    environment["PYTHONPATH"] = str(REPOSITORY)
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [
+                sys.executable, "-m", "jobqueue.worker.main",
+                "--operator", address, "--ca-file", str(ca_file),
+                "--token-file", str(token_file), "--queue", "emails", "--pool", "emails-workers",
+                "--worker-id", pod, "--http-address", "", "--log-format", "text",
+                "--handler", HANDLER,
+            ],
+            cwd=REPOSITORY, env=environment, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return worker, log_path
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=WORKER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _assert_callers_are_checked(
@@ -651,19 +688,22 @@ def _assert_callers_are_checked(
     ca_file: Path,
     scratch: Path,
 ) -> None:
-    """Calls over TLS are answered by who the caller is, which the operator can only tell
-    through a TokenReview and a SubjectAccessReview: had either been refused to it, every
-    call would be UNAVAILABLE instead."""
+    """Calls over TLS are answered by who the caller is, which the operator can tell only
+    through TokenReviews, SubjectAccessReviews and, for a worker, reading its pod and pool:
+    had any of them been refused to it, the calls would be UNAVAILABLE instead."""
     cluster = Cluster(kube_api_client, namespace)
     on_call = cluster.service_account("on-call")
-    cluster.grant(on_call, ["status"], ["emails"])
+    cluster.grant(on_call, ["status", "submit", "get", "watch"], ["emails"])
     stranger = cluster.service_account("stranger")
+    workers = cluster.service_account("emails-workers")
+    cluster.grant(workers, ["work"], ["emails"])
+    pod = cluster.worker_pod(
+        "emails-workers-0", account=workers, pool="emails-workers", queue="emails"
+    )
 
     def client(token: str | None, trusted: Path = ca_file) -> Client:
         return Client(address, ca_file=trusted, token=token, timeout_s=GRPC_CALL_TIMEOUT_S)
 
-    with client(cluster.token(on_call)) as allowed:
-        assert allowed.queue_stats("emails").queue == "emails"
     with client(cluster.token(stranger)) as denied, pytest.raises(PermissionDeniedError):
         denied.queue_stats("emails")
     with client(None) as anonymous, pytest.raises(UnauthenticatedError):
@@ -673,6 +713,23 @@ def _assert_callers_are_checked(
     mistrusting = client(cluster.token(on_call), other.ca_path)
     with mistrusting, pytest.raises(UnavailableError):
         mistrusting.queue_stats("emails")
+
+    # A worker with its pod's token registers for its pool and runs a submitted job.
+    worker, worker_log = _start_worker(
+        address, ca_file, cluster.token(workers, pod=pod), pod.name, scratch
+    )
+    try:
+        with client(cluster.token(on_call)) as allowed:
+            assert allowed.queue_stats("emails").queue == "emails"
+            job = allowed.submit(
+                job_spec("emails", handler=HANDLER, arguments={"to": "on-call@example.com"})
+            )
+            final = allowed.wait(job.id, timeout_s=JOB_TIMEOUT_S)
+    finally:
+        _stop(worker)
+    assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, worker_log.read_text()[-3000:]
+    assert final.worker_id == pod.name
+    assert "queued for on-call@example.com" in final.output
 
 
 @pytest.mark.timeout(300)
@@ -687,7 +744,8 @@ def test_operator_reconciles_with_only_the_chart_credentials(
 ) -> None:
     """jobqueue-operator, run with the chart's settings file, a token of the chart's
     ServiceAccount and the certificate of the chart's TLS Secret, reconciles the examples (a
-    Ready queue, two Deployments, an HPA) and serves TLS, checking every caller."""
+    Ready queue, two Deployments, an HPA) and serves TLS, checking every caller: a worker
+    with a pod-bound token registers and runs a job submitted by an allowed account."""
     namespace = release.namespace
     custom = kube_client.CustomObjectsApi(kube_api_client)
     apps = kube_client.AppsV1Api(kube_api_client)
