@@ -52,21 +52,47 @@ app.kubernetes.io/part-of: jobqueue
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* HOST:PORT worker pods dial: config.operator.service_address, else this release's Service. */}}
+{{- define "jobqueue.serviceAddress" -}}
+{{- $default := printf "%s.%s.svc:%d" (include "jobqueue.fullname" .) .Release.Namespace (int .Values.ports.grpc) -}}
+{{- default $default (.Values.config.operator).service_address -}}
+{{- end -}}
+
+{{/*
+TLS of the gRPC API. "jobqueue.plaintext" is "true" only when the settings ask for plaintext
+by name; otherwise the certificate Secret is mounted as a directory (never with subPath, which
+would freeze the files the kubelet replaces on renewal) and the settings point into it.
+*/}}
+{{- define "jobqueue.plaintext" -}}
+{{- if ((.Values.config.operator).tls).insecure_plaintext -}}true{{- end -}}
+{{- end -}}
+
+{{- define "jobqueue.tlsMountPath" -}}/etc/jobqueue/tls{{- end -}}
+
+{{- define "jobqueue.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "jobqueue.fullname" .)) .Values.tls.secretName -}}
+{{- end -}}
+
 {{/*
 The settings file. The listen addresses come from `ports`, so the container's ports, the
 probes and the Service always agree with what the operator binds; the address workers are
-given defaults to this release's Service.
+given defaults to this release's Service; the certificate files are the mounted Secret's.
 */}}
 {{- define "jobqueue.settings" -}}
-{{- $grpc := int .Values.ports.grpc -}}
 {{- $derived := dict
-  "grpc_address" (printf "0.0.0.0:%d" $grpc)
+  "grpc_address" (printf "0.0.0.0:%d" (int .Values.ports.grpc))
   "http_address" (printf "0.0.0.0:%d" (int .Values.ports.http))
-  "service_address" (printf "%s.%s.svc:%d" (include "jobqueue.fullname" .) .Release.Namespace $grpc)
+  "service_address" (include "jobqueue.serviceAddress" .)
 -}}
 {{- $operator := mergeOverwrite (deepCopy $derived) (deepCopy (default dict .Values.config.operator)) -}}
 {{- $_ := set $operator "grpc_address" (get $derived "grpc_address") -}}
 {{- $_ := set $operator "http_address" (get $derived "http_address") -}}
+{{- $tls := default dict $operator.tls -}}
+{{- if not (include "jobqueue.plaintext" .) -}}
+{{- $_ := set $tls "cert_file" (printf "%s/tls.crt" (include "jobqueue.tlsMountPath" .)) -}}
+{{- $_ := set $tls "key_file" (printf "%s/tls.key" (include "jobqueue.tlsMountPath" .)) -}}
+{{- end -}}
+{{- $_ := set $operator "tls" $tls -}}
 {{- $settings := merge (dict "operator" $operator) (deepCopy .Values.config) -}}
 {{- toYaml $settings -}}
 {{- end -}}

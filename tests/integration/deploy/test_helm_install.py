@@ -7,11 +7,16 @@ then the API server's own authorizer is asked, through SubjectAccessReviews, abo
 permission the operator was granted and about neighbours it must not have.
 
 No pod runs here (there is no kubelet), so the operator Deployment's pods stay Pending; what
-is checked is what the API server holds and allows.
+is checked is what the API server holds and allows. The last test runs the real operator as
+a local process instead, with the chart's settings file, a token of the chart's account, and
+the certificate from a Secret the way the Deployment mounts it: TLS on, and every gRPC call
+(a worker's registration too) checked against the API server with nothing but the chart's
+ClusterRole.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -31,10 +36,15 @@ from kubernetes import client as kube_client
 from kubernetes import watch as kube_watch
 
 from jobqueue import resources
+from jobqueue.api.v1 import jobs_pb2
+from jobqueue.client import Client, job_spec
 from jobqueue.devenv import Environment
+from jobqueue.devenv.certificates import mint_serving_certificate
 from jobqueue.devenv.processes import free_port
+from jobqueue.errors import PermissionDeniedError, UnauthenticatedError, UnavailableError
 from tests.conftest import KafkaTarget
-from tests.deploy_helpers import CHART, CRDS, OPERATOR_PERMISSIONS, helm
+from tests.deploy_helpers import CHART, CRDS, OPERATOR_PERMISSIONS, REPOSITORY, helm
+from tests.integration.security.cluster import Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -581,6 +591,46 @@ def _delete_and_wait(
     raise AssertionError(f"{sorted(remaining)} were not finalized within {timeout_s:g} s")
 
 
+def _mount_certificate_secret(
+    kube_api_client: kube_client.ApiClient, release: Release, directory: Path
+) -> tuple[Path, Path]:
+    """Give the release the Secret its Deployment mounts, and lay it out as the kubelet would.
+
+    A fresh CA and serving certificate go into a ``kubernetes.io/tls`` Secret of the name
+    the Deployment's ``tls`` volume asks for, under cert-manager's keys. What is read back
+    from the API server is written one file per key into ``directory``, which stands in
+    for the mount: returns the mount and the CA file that clients trust.
+    """
+    core = kube_client.CoreV1Api(kube_api_client)
+    apps = kube_client.AppsV1Api(kube_api_client)
+    volumes = apps.read_namespaced_deployment(
+        release.service_account, release.namespace
+    ).spec.template.spec.volumes
+    secret_name = next(volume.secret.secret_name for volume in volumes if volume.name == "tls")
+    minted = mint_serving_certificate(directory / "minted")
+    data = {
+        "tls.crt": minted.cert_path.read_bytes(),
+        "tls.key": minted.key_path.read_bytes(),
+        "ca.crt": minted.ca_path.read_bytes(),
+    }
+    core.create_namespaced_secret(
+        release.namespace,
+        kube_client.V1Secret(
+            metadata=kube_client.V1ObjectMeta(name=secret_name),
+            type="kubernetes.io/tls",
+            data={key: base64.b64encode(value).decode() for key, value in data.items()},
+        ),
+    )
+
+    mount = directory / "mount"
+    mount.mkdir()
+    stored = core.read_namespaced_secret(secret_name, release.namespace)
+    for key, value in stored.data.items():
+        (mount / key).write_bytes(base64.b64decode(value))
+    (mount / "tls.key").chmod(0o600)
+    return mount, mount / "ca.crt"
+
+
 def _condition(body: dict[str, Any], kind: str) -> str | None:
     for item in (body.get("status") or {}).get("conditions") or []:
         if item.get("type") == kind:
@@ -593,6 +643,95 @@ def _observed(body: dict[str, Any]) -> bool:
     return status.get("observedGeneration") == body["metadata"].get("generation")
 
 
+GRPC_CALL_TIMEOUT_S = 10
+HANDLER = "tests.integration.deploy.handlers:send_email"
+JOB_TIMEOUT_S = 60
+WORKER_STOP_TIMEOUT_S = 30
+
+
+def _start_worker(
+    address: str, ca_file: Path, token: str, pod: str, scratch: Path
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """jobqueue-worker as a pod of emails-workers runs it: TLS, its pod-bound token."""
+    token_file = scratch / "worker.token"
+    token_file.write_text(token)
+    log_path = scratch / "worker.log"
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("JQ_")}
+    environment["PYTHONPATH"] = str(REPOSITORY)
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [
+                sys.executable, "-m", "jobqueue.worker.main",
+                "--operator", address, "--ca-file", str(ca_file),
+                "--token-file", str(token_file), "--queue", "emails", "--pool", "emails-workers",
+                "--worker-id", pod, "--http-address", "", "--log-format", "text",
+                "--handler", HANDLER,
+            ],
+            cwd=REPOSITORY, env=environment, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return worker, log_path
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=WORKER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _assert_callers_are_checked(
+    kube_api_client: kube_client.ApiClient,
+    namespace: str,
+    address: str,
+    ca_file: Path,
+    scratch: Path,
+) -> None:
+    """Calls over TLS are answered by who the caller is, which the operator can tell only
+    through TokenReviews, SubjectAccessReviews and, for a worker, reading its pod and pool:
+    had any of them been refused to it, the calls would be UNAVAILABLE instead."""
+    cluster = Cluster(kube_api_client, namespace)
+    on_call = cluster.service_account("on-call")
+    cluster.grant(on_call, ["status", "submit", "get", "watch"], ["emails"])
+    stranger = cluster.service_account("stranger")
+    workers = cluster.service_account("emails-workers")
+    cluster.grant(workers, ["work"], ["emails"])
+    pod = cluster.worker_pod(
+        "emails-workers-0", account=workers, pool="emails-workers", queue="emails"
+    )
+
+    def client(token: str | None, trusted: Path = ca_file) -> Client:
+        return Client(address, ca_file=trusted, token=token, timeout_s=GRPC_CALL_TIMEOUT_S)
+
+    with client(cluster.token(stranger)) as denied, pytest.raises(PermissionDeniedError):
+        denied.queue_stats("emails")
+    with client(None) as anonymous, pytest.raises(UnauthenticatedError):
+        anonymous.queue_stats("emails")
+    # A client that trusts another CA does not get past the handshake.
+    other = mint_serving_certificate(scratch / "other-ca", authority="someone-else")
+    mistrusting = client(cluster.token(on_call), other.ca_path)
+    with mistrusting, pytest.raises(UnavailableError):
+        mistrusting.queue_stats("emails")
+
+    # A worker with its pod's token registers for its pool and runs a submitted job.
+    worker, worker_log = _start_worker(
+        address, ca_file, cluster.token(workers, pod=pod), pod.name, scratch
+    )
+    try:
+        with client(cluster.token(on_call)) as allowed:
+            assert allowed.queue_stats("emails").queue == "emails"
+            job = allowed.submit(
+                job_spec("emails", handler=HANDLER, arguments={"to": "on-call@example.com"})
+            )
+            final = allowed.wait(job.id, timeout_s=JOB_TIMEOUT_S)
+    finally:
+        _stop(worker)
+    assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, worker_log.read_text()[-3000:]
+    assert final.worker_id == pod.name
+    assert "queued for on-call@example.com" in final.output
+
+
 @pytest.mark.timeout(300)
 def test_operator_reconciles_with_only_the_chart_credentials(
     devenv: Environment,
@@ -603,8 +742,10 @@ def test_operator_reconciles_with_only_the_chart_credentials(
     kafka: KafkaTarget,
     tmp_path: Path,
 ) -> None:
-    """jobqueue-operator, run with the chart's settings file and a token of the chart's
-    ServiceAccount, reconciles the examples: a Ready queue, two Deployments, an HPA."""
+    """jobqueue-operator, run with the chart's settings file, a token of the chart's
+    ServiceAccount and the certificate of the chart's TLS Secret, reconciles the examples (a
+    Ready queue, two Deployments, an HPA) and serves TLS, checking every caller: a worker
+    with a pod-bound token registers and runs a job submitted by an allowed account."""
     namespace = release.namespace
     custom = kube_client.CustomObjectsApi(kube_api_client)
     apps = kube_client.AppsV1Api(kube_api_client)
@@ -612,25 +753,37 @@ def test_operator_reconciles_with_only_the_chart_credentials(
     group, version = resources.GROUP, resources.VERSION
 
     # The settings file exactly as the chart mounts it; only the addresses of the local
-    # servers, and a peering of the test's own, come from the environment.
+    # servers, a peering of the test's own, and where the certificate Secret is "mounted"
+    # come from the environment. Authentication stays as the chart sets it: kubernetes.
     config_map = kube_client.CoreV1Api(kube_api_client).read_namespaced_config_map(
         f"{release.service_account}-config", namespace
     )
     settings_file = tmp_path / "config.yaml"
     settings_file.write_text(config_map.data["config.yaml"])
+    chart_settings = yaml.safe_load(config_map.data["config.yaml"])["operator"]
+    assert chart_settings["auth"]["mode"] == "kubernetes"
+    mount, ca_file = _mount_certificate_secret(kube_api_client, release, tmp_path / "tls")
+    # The chart's file names are the Secret's keys; only the directory moves.
+    cert_file = mount / Path(chart_settings["tls"]["cert_file"]).name
+    key_file = mount / Path(chart_settings["tls"]["key_file"]).name
+    grpc_address = f"127.0.0.1:{free_port()}"
     kubeconfig = _token_kubeconfig(
         devenv, _token_for(kube_api_client, release), tmp_path / "kubeconfig"
     )
+    # No JQ_* of the surrounding shell: the settings are the chart's and the lines below.
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith("JQ_")}
     environment = {
-        **os.environ,
+        **inherited,
         "KUBECONFIG": str(kubeconfig),
         "JQ_CONFIG": str(settings_file),
         "JQ_DATABASE_URL": database_url,
         "JQ_REDIS_URL": redis_url,
         "JQ_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "JQ_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-        "JQ_OPERATOR_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+        "JQ_OPERATOR_GRPC_ADDRESS": grpc_address,
         "JQ_OPERATOR_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+        "JQ_OPERATOR_TLS_CERT_FILE": str(cert_file),
+        "JQ_OPERATOR_TLS_KEY_FILE": str(key_file),
         "JQ_OPERATOR_PEERING_NAME": f"rbac-{uuid.uuid4().hex[:8]}",
         # Other tests' resources elsewhere in the shared cluster are none of its business.
         "JQ_OPERATOR_NAMESPACES": namespace,
@@ -684,6 +837,8 @@ def test_operator_reconciles_with_only_the_chart_credentials(
         )  # fmt: skip
         assert pool["status"]["selector"]
 
+        _assert_callers_are_checked(kube_api_client, namespace, grpc_address, ca_file, tmp_path)
+
         # Deleting every queue here lets the operator run its finalizers before it stops, so
         # nothing is left waiting on an operator that is gone.
         _delete_and_wait(custom, namespace, resources.JOB_QUEUE_PLURAL)
@@ -697,7 +852,9 @@ def test_operator_reconciles_with_only_the_chart_credentials(
         log_text = log_path.read_text(errors="replace")
         print(log_text[-6000:])
 
-    # Not one call of the operator was refused: the role covers everything it did.
-    refusals = re.findall(r".*(?:\b403\b|[Ff]orbidden).*", log_text)
+    # Not one call of the operator was refused, reviews included: the role covers everything
+    # it did.
+    refusals = re.findall(r".*(?:\b403\b|[Ff]orbidden|Callers cannot be checked).*", log_text)
     assert not refusals, "\n".join(refusals[:5])
+    assert "Serving the gRPC API with TLS" in log_text
     assert returncode == 0, log_text[-4000:]

@@ -144,6 +144,29 @@ def test_base_operator_is_locked_down_like_the_chart(base: list[dict[str, Any]])
     assert env["JQ_DATABASE_PASSWORD"]["valueFrom"]["secretKeyRef"]["optional"] is True
 
 
+def test_base_serves_tls_from_a_secret_mounted_like_the_charts(
+    base: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    def tls_parts(documents: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        pod = only(documents, "Deployment")["spec"]["template"]["spec"]
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "tls"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+        return mount, volume
+
+    # The chart, rendered under the base's names, mounts the same Secret the same way.
+    chart = render(sets=["fullnameOverride=jobqueue-operator"])
+    assert tls_parts(base) == tls_parts(chart)
+    assert tls_parts(base)[1]["secret"]["secretName"] == "jobqueue-operator-tls"
+    config_map = next(d for d in base if d["kind"] == "ConfigMap")
+    path = tmp_path / "config.yaml"
+    path.write_text(config_map["data"]["config.yaml"])
+    settings = jobqueue_config.load_settings(path, environ={})
+    mount_path = tls_parts(base)[0]["mountPath"]
+    assert settings.operator.tls.cert_file == f"{mount_path}/tls.crt"
+    assert settings.operator.tls.key_file == f"{mount_path}/tls.key"
+    assert settings.operator.auth.mode == "kubernetes"
+
+
 def test_base_settings_point_workers_at_its_service(
     base: list[dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -236,3 +259,46 @@ def test_examples_are_accepted_by_the_api_server(
         "queueworkerpool.jobqueue.dev/emails-autoscaled",
         "queueworkerpool.jobqueue.dev/emails-workers",
     ]
+
+
+def _allowed(
+    api_client: kube_client.ApiClient, namespace: str, account: str, verb: str, queue: str
+) -> bool:
+    review = kube_client.AuthorizationV1Api(api_client).create_subject_access_review(
+        kube_client.V1SubjectAccessReview(
+            spec=kube_client.V1SubjectAccessReviewSpec(
+                user=f"system:serviceaccount:{namespace}:{account}",
+                groups=["system:serviceaccounts", "system:authenticated"],
+                resource_attributes=kube_client.V1ResourceAttributes(
+                    group="jobqueue.dev", resource="jobqueues", subresource="jobs",
+                    name=queue, verb=verb, namespace=namespace,
+                ),
+            )
+        )
+    )  # fmt: skip
+    return bool(review.status.allowed)
+
+
+def test_kind_examples_access_lets_workers_work_and_the_tests_call(
+    devenv: Environment, cache: Path, kube_api_client: kube_client.ApiClient, namespace: str
+) -> None:
+    # The file is written for jobqueue-examples; the test applies it in a namespace of its own.
+    manifest = (MANIFESTS / "dev" / "examples-access.yaml").read_text()
+    moved = manifest.replace("namespace: jobqueue-examples", f"namespace: {namespace}")
+    assert "jobqueue-examples" not in yaml.safe_dump_all(yaml.safe_load_all(moved))
+    path = cache / f"examples-access-{namespace}.yaml"
+    path.write_text(moved)
+
+    kubectl(devenv, cache, "apply", "--server-side", "-f", str(path))
+
+    def allowed(account: str, verb: str, queue: str = "emails") -> bool:
+        return _allowed(kube_api_client, namespace, account, verb, queue)
+
+    assert allowed("default", "work")
+    assert not allowed("default", "submit")
+    assert not allowed("default", "work", queue="other")
+    for verb in ("submit", "get", "watch", "status"):
+        assert allowed("e2e-caller", verb), verb
+    assert not allowed("e2e-caller", "work")
+    assert not allowed("e2e-caller", "pause")
+    assert not allowed("e2e-caller", "submit", queue="other")

@@ -49,11 +49,29 @@ def _write_values(tmp_path: Path, values: dict[str, Any]) -> Path:
 # Lint and render --------------------------------------------------------------------------
 
 
+# Ways to serve the gRPC API, as --set assignments: the default (a Secret mounted), a
+# cert-manager Certificate issuing that Secret, and plaintext for local development.
+TLS_MODES = {
+    "tls-secret": [],
+    "cert-manager": ["tls.certManager.enabled=true", "tls.certManager.issuerRef.name=ca"],
+    "plaintext": ["config.operator.tls.insecure_plaintext=true"],
+}
+
+
 @pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["default-values", "full-values"])
 def test_chart_passes_strict_lint(values: Path | None) -> None:
     arguments = ["lint", "--strict", str(CHART)] + (["--values", str(values)] if values else [])
 
     result = helm(*arguments)
+
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("mode", TLS_MODES)
+def test_chart_passes_strict_lint_in_every_tls_mode(mode: str) -> None:
+    sets = [argument for assignment in TLS_MODES[mode] for argument in ("--set", assignment)]
+
+    result = helm("lint", "--strict", str(CHART), *sets)
 
     assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
 
@@ -83,6 +101,7 @@ def test_full_values_render_every_optional_object(full_documents: list[dict[str,
     assert sorted(workers) == ["team-a", "team-b"]
     assert only(full_documents, "Service")["spec"]["type"] == "LoadBalancer"
     assert only(full_documents, "Deployment")["spec"]["replicas"] == 3
+    assert only(full_documents, "Certificate")["spec"]["secretName"] == "jobqueue-grpc-tls"
 
 
 # The schema refuses bad values ------------------------------------------------------------
@@ -98,6 +117,9 @@ def test_full_values_render_every_optional_object(full_documents: list[dict[str,
         ({"config": {"database": {"password": "hunter2"}}}, "/config/database", "'password'"),
         ({"config": {"operator": {"grpc_address": ":1"}}}, "/config/operator", "grpc_address"),
         ({"config": {"logging": {"level": "LOUD"}}}, "/config/logging/level", "must be one of"),
+        ({"config": {"operator": {"auth": {"mode": "open"}}}}, "/config/operator/auth/mode", ""),
+        ({"config": {"operator": {"auth": {"cache_size": 0}}}}, "/auth/cache_size", "minimum"),
+        ({"config": {"operator": {"tls": {"cert_file": "/c"}}}}, "/operator/tls", "cert_file"),
         ({"ports": {"grpc": 70000}}, "/ports/grpc", "maximum"),
         ({"service": {"type": "Internal"}}, "/service/type", "'ClusterIP', 'NodePort'"),
         ({"podDisruptionBudget": {"maxUnavailable": "half"}}, "/podDisruptionBudget", ""),
@@ -234,6 +256,10 @@ def test_settings_file_and_env_load_as_jobqueue_settings(
     settings = jobqueue_config.load_settings(environ=environ)
 
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    # The certificate is served from the mounted Secret.
+    tls_mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "tls")
+    assert settings.operator.tls.cert_file == f"{tls_mount}/tls.crt"
+    assert settings.operator.tls.key_file == f"{tls_mount}/tls.key"
     assert settings.operator.grpc_address == f"0.0.0.0:{ports['grpc']}"
     assert settings.operator.http_address == f"0.0.0.0:{ports['http']}"
     assert settings.database.url
@@ -249,6 +275,147 @@ def test_settings_file_and_env_load_as_jobqueue_settings(
         assert settings.kafka.sasl_password == "jobqueue-kafka/sasl-password"
         assert settings.kafka.security_protocol == "SASL_SSL"
         assert settings.operator.lease_s == 60
+        assert settings.operator.auth.audiences == "jobqueue"
+        assert settings.operator.auth.mode == "kubernetes"
+        assert settings.redis.username == "jobqueue"
+        assert settings.database.ssl_root_cert == "/etc/jobqueue/ca/ca.crt"
+
+
+# TLS of the gRPC API ---------------------------------------------------------------------
+
+
+def _pod_spec(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(only(documents, "Deployment")["spec"]["template"]["spec"])
+
+
+def _load_settings_file(documents: list[dict[str, Any]], tmp_path: Path) -> Any:
+    path = tmp_path / "config.yaml"
+    path.write_text(_settings_file(documents))
+    return jobqueue_config.load_settings(path, environ={})
+
+
+def test_certificate_secret_is_mounted_as_a_directory(
+    default_documents: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    pod = _pod_spec(default_documents)
+    container = _operator_container(default_documents)
+
+    assert {
+        "name": "tls",
+        "secret": {"secretName": "jq-jobqueue-tls", "defaultMode": 0o440},
+    } in pod["volumes"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+    # No subPath: the kubelet's in-place update of a renewed Secret must reach the pod.
+    assert mount == {"name": "tls", "mountPath": "/etc/jobqueue/tls", "readOnly": True}
+    settings = _load_settings_file(default_documents, tmp_path)
+    assert settings.operator.tls.cert_file == "/etc/jobqueue/tls/tls.crt"
+    assert settings.operator.tls.key_file == "/etc/jobqueue/tls/tls.key"
+    assert settings.operator.tls.insecure_plaintext is False
+    assert settings.operator.auth.mode == "kubernetes"
+    assert not [v for v in container["env"] if v["name"] == "JQ_OPERATOR_WORKER_CA_CONFIGMAP"]
+
+
+def test_certificate_secret_name_is_a_value() -> None:
+    documents = render(sets=["tls.secretName=operator-cert"])
+
+    volumes = {volume["name"]: volume for volume in _pod_spec(documents)["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "operator-cert"
+
+
+@pytest.mark.parametrize("mode", TLS_MODES)
+def test_settings_load_in_every_tls_mode(mode: str, tmp_path: Path) -> None:
+    documents = render(sets=TLS_MODES[mode])
+
+    settings = _load_settings_file(documents, tmp_path)
+
+    volumes = {volume["name"] for volume in _pod_spec(documents)["volumes"]}
+    mounts = {mount["name"] for mount in _operator_container(documents)["volumeMounts"]}
+    # Plaintext mounts no certificate, so no Secret has to exist for it.
+    assert ("tls" in volumes) is ("tls" in mounts) is (mode != "plaintext")
+    assert settings.operator.tls.insecure_plaintext is (mode == "plaintext")
+    assert bool(settings.operator.tls.cert_file) is (mode != "plaintext")
+    kinds = {document["kind"] for document in documents}
+    assert ("Certificate" in kinds) is (mode == "cert-manager")
+
+
+def test_cert_manager_certificate_fills_the_mounted_secret(tmp_path: Path) -> None:
+    documents = render(FULL_VALUES)
+    certificate = only(documents, "Certificate")
+    volumes = {volume["name"]: volume for volume in _pod_spec(documents)["volumes"]}
+    settings = _load_settings_file(documents, tmp_path)
+
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    assert certificate["spec"]["secretName"] == volumes["tls"]["secret"]["secretName"]
+    assert certificate["spec"]["issuerRef"] == {
+        "name": "platform-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+    assert certificate["spec"]["usages"] == ["server auth", "digital signature"]
+    assert (certificate["spec"]["duration"], certificate["spec"]["renewBefore"]) == (
+        "720h",
+        "240h",
+    )
+    # Every name a pod may dial the Service by, and the host workers are given.
+    service = only(documents, "Service")["metadata"]["name"]
+    names = certificate["spec"]["dnsNames"]
+    assert names == [
+        service,
+        f"{service}.jobqueue",
+        f"{service}.jobqueue.svc",
+        f"{service}.jobqueue.svc.cluster.example",
+        "jobqueue.example.com",
+    ]
+    assert settings.operator.service_address.rpartition(":")[0] in names
+
+
+def test_cert_manager_certificate_names_a_custom_service_address() -> None:
+    documents = render(
+        sets=[
+            *TLS_MODES["cert-manager"],
+            "config.operator.service_address=jobqueue.platform.internal:443",
+        ]
+    )
+
+    assert "jobqueue.platform.internal" in only(documents, "Certificate")["spec"]["dnsNames"]
+
+
+def test_cert_manager_needs_an_issuer() -> None:
+    result = helm(
+        "template", "jq", str(CHART), "--set", "tls.certManager.enabled=true", check=False
+    )
+
+    assert result.returncode != 0
+    assert "tls.certManager.issuerRef.name" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    ["tls.certManager.enabled=true", "tls.caConfigMapName=jobqueue-ca"],
+    ids=["cert-manager", "worker-ca"],
+)
+def test_plaintext_refuses_tls_values_it_would_ignore(assignment: str) -> None:
+    setting = assignment.partition("=")[0]
+    arguments = ["--set", "tls.certManager.issuerRef.name=ca", "--set", assignment]
+
+    result = helm(
+        "template", "jq", str(CHART), *arguments, "--set", TLS_MODES["plaintext"][0], check=False
+    )
+
+    assert result.returncode != 0
+    assert setting in result.stderr
+    assert "insecure_plaintext" in result.stderr
+
+
+def test_worker_ca_config_map_name_reaches_the_operator(
+    full_documents: list[dict[str, Any]],
+) -> None:
+    env = {variable["name"]: variable for variable in _operator_container(full_documents)["env"]}
+
+    assert env["JQ_OPERATOR_WORKER_CA_CONFIGMAP"] == {
+        "name": "JQ_OPERATOR_WORKER_CA_CONFIGMAP",
+        "value": "jobqueue-ca",
+    }
 
 
 def test_changed_settings_roll_the_operator() -> None:
@@ -258,6 +425,46 @@ def test_changed_settings_roll_the_operator() -> None:
 
     assert checksum() == checksum()
     assert checksum() != checksum("config.logging.level=DEBUG")
+
+
+# Settings the chart writes itself: the listen addresses follow `ports`, the certificate
+# files are where the `tls` Secret is mounted.
+CHART_DERIVED_SETTINGS = frozenset(
+    {
+        "operator.grpc_address",
+        "operator.http_address",
+        "operator.tls.cert_file",
+        "operator.tls.key_file",
+    }
+)
+
+
+def _assert_schema_tracks(setting: str, section_type: Any, section_schema: dict[str, Any]) -> None:
+    """One section's schema lists its settings (nested sections too), enums and minimums."""
+    fields = {f.name: f for f in dataclasses.fields(section_type)}
+    field_hints = typing.get_type_hints(section_type)
+    # Secrets come from Secrets, and the chart's own settings from the chart.
+    expected = {
+        name
+        for name, spec in fields.items()
+        if not spec.metadata.get("secret") and f"{setting}.{name}" not in CHART_DERIVED_SETTINGS
+    }
+    assert set(section_schema["properties"]) == expected, setting
+    assert section_schema["additionalProperties"] is False, setting
+    for name, property_schema in section_schema["properties"].items():
+        hint = field_hints[name]
+        if dataclasses.is_dataclass(hint):
+            _assert_schema_tracks(f"{setting}.{name}", hint, property_schema)
+            continue
+        literals = [a for a in get_args(hint) if typing.get_origin(a) is typing.Literal]
+        if typing.get_origin(hint) is typing.Literal:
+            literals = [hint]
+        if literals:
+            choices = {c for c in property_schema["enum"] if c is not None}
+            assert choices == set(get_args(literals[0])), f"{setting}.{name}"
+        minimum = fields[name].metadata.get("minimum")
+        if minimum is not None:
+            assert property_schema["minimum"] == minimum, f"{setting}.{name}"
 
 
 def test_values_schema_config_tracks_jobqueue_settings() -> None:
@@ -270,28 +477,16 @@ def test_values_schema_config_tracks_jobqueue_settings() -> None:
         "worker"
     }
     for section, section_schema in sections.items():
-        section_type = hints[section]
-        fields = {f.name: f for f in dataclasses.fields(section_type)}
-        field_hints = typing.get_type_hints(section_type)
-        # Secrets come from Secrets; the listen addresses from `ports`.
-        expected = {
-            name
-            for name, spec in fields.items()
-            if not spec.metadata.get("secret") and name not in ("grpc_address", "http_address")
-        }
-        assert set(section_schema["properties"]) == expected, section
-        assert section_schema["additionalProperties"] is False
-        for name, property_schema in section_schema["properties"].items():
-            hint = field_hints[name]
-            literals = [a for a in get_args(hint) if typing.get_origin(a) is typing.Literal]
-            if typing.get_origin(hint) is typing.Literal:
-                literals = [hint]
-            if literals:
-                choices = {c for c in property_schema["enum"] if c is not None}
-                assert choices == set(get_args(literals[0])), f"{section}.{name}"
-            minimum = fields[name].metadata.get("minimum")
-            if minimum is not None:
-                assert property_schema["minimum"] == minimum, f"{section}.{name}"
+        _assert_schema_tracks(section, hints[section], section_schema)
+
+
+def test_schema_tracking_reaches_nested_sections() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    operator = schema["properties"]["config"]["properties"]["operator"]
+    del operator["properties"]["auth"]["properties"]["cache_size"]
+
+    with pytest.raises(AssertionError, match=r"operator\.auth"):
+        _assert_schema_tracks("operator", jobqueue_config.OperatorSettings, operator)
 
 
 # RBAC -------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ code the operator uses, and the Application's chart values pass the chart's sche
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,42 @@ def test_kind_values_pass_the_chart_schema() -> None:
 
     assert 'image: "ghcr.io/jobqueue/operator:0.1.0"' in result.stdout
     assert "imagePullPolicy: Never" in result.stdout
+
+
+def test_base_certificate_example_is_the_charts_for_the_base() -> None:
+    example = _load("certificate.yaml")
+    base = MANIFESTS / "base"
+    deployment = yaml.safe_load((base / "deployment.yaml").read_text())
+    settings = yaml.safe_load((base / "config.yaml").read_text())["operator"]
+    rendered = helm(
+        "template", "jobqueue", str(CHART), "--namespace", "jobqueue-system",
+        "--set", "fullnameOverride=jobqueue-operator",
+        "--set", "tls.secretName=jobqueue-operator-tls",
+        "--set", "tls.certManager.enabled=true",
+        "--set", "tls.certManager.issuerRef.name=jobqueue-ca",
+        "--show-only", "templates/certificate.yaml",
+    ).stdout  # fmt: skip
+
+    # The Secret it fills is the one the base mounts, and it names the host workers dial.
+    volumes = {
+        volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]
+    }
+    assert example["spec"]["secretName"] == volumes["tls"]["secret"]["secretName"]
+    assert settings["service_address"].rpartition(":")[0] in example["spec"]["dnsNames"]
+    # Otherwise it is what the chart asks cert-manager for.
+    assert example["spec"] == yaml.safe_load(rendered)["spec"]
+
+
+def test_kind_values_serve_tls_with_what_the_kind_script_makes() -> None:
+    values = yaml.safe_load((MANIFESTS / "dev" / "helm-values.yaml").read_text())
+    script = (REPOSITORY / "scripts" / "kind-e2e.sh").read_text()
+
+    def assigned(variable: str) -> str:
+        (value,) = re.findall(rf"^{variable}=(\S+)$", script, flags=re.MULTILINE)
+        return value
+
+    assert not values["config"].get("operator", {}).get("tls", {}).get("insecure_plaintext")
+    # The Secret the chart mounts and the ConfigMap it names are the ones the script makes.
+    assert values["tls"]["secretName"] == assigned("TLS_SECRET")
+    assert values["tls"]["caConfigMapName"] == assigned("CA_CONFIGMAP")
+    assert "scripts/dev-certificate.sh" in script

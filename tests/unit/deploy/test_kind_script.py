@@ -45,6 +45,7 @@ def test_script_names_every_missing_tool(tmp_path: Path) -> None:
     assert "make kind-e2e cannot run here" in result.stderr
     assert "docker is not installed" in result.stderr
     assert "go is not installed" in result.stderr
+    assert "openssl is not installed" in result.stderr
 
 
 def test_script_says_when_the_docker_engine_is_down(tmp_path: Path) -> None:

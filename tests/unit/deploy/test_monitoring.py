@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any
 
+import grpc
 import prometheus_client
 import pytest
 
@@ -37,6 +38,7 @@ EXPECTED_ALERTS = {
     "JobQueueNoConnectedWorkers",
     "JobQueueOutboxBacklog",
     "JobQueueOperatorDown",
+    "JobQueueAccessChecksFailing",
 }
 
 
@@ -89,6 +91,8 @@ def _check_expression(expression: str) -> set[str]:
     for label, operator, value in label_matchers(expression):
         if label == "state" and operator == "=":
             assert value in {state.value for state in JobState}, expression
+        if label == "code" and operator in ("=", "!="):
+            assert value in {code.name for code in grpc.StatusCode}, expression
         if label == "outcome" and operator == "=":
             documented = " ".join(EXPORTED[name][2] for name in names & set(EXPORTED))
             assert value in documented, f"outcome {value!r} is not documented: {expression}"
@@ -123,6 +127,8 @@ def test_unexported_metric_is_caught() -> None:
         _check_expression("sum by (tenant) (jobqueue_queue_jobs)")
     with pytest.raises(AssertionError):
         _check_expression('jobqueue_queue_jobs{state="waiting"}')
+    with pytest.raises(AssertionError):
+        _check_expression('jobqueue_grpc_calls_refused_total{code="FORBIDDEN"}')
 
 
 # Alerts -----------------------------------------------------------------------------------
@@ -156,6 +162,7 @@ def test_alerts_name_only_exported_metrics(rules: list[dict[str, Any]]) -> None:
         assert ("namespace", "=", "jobqueue") in matchers, rule["alert"]
     assert "jobqueue_outbox_backlog_events" in named
     assert "jobqueue_workers_connected" in named
+    assert "jobqueue_grpc_calls_refused_total" in named
 
 
 def test_alert_thresholds_come_from_values(rules: list[dict[str, Any]]) -> None:
