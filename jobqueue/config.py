@@ -157,6 +157,10 @@ class OperatorSettings:
     # Comma-separated namespaces whose JobQueues and pools this operator reconciles;
     # empty reconciles every namespace (cluster-wide, the usual install).
     namespaces: str = ""
+    # A ConfigMap (key ca.crt) that exists in every namespace with worker pools, kept there
+    # by trust-manager or by hand; worker pods mount it to verify the operator. It wins
+    # over tls.ca_file, and needs no ConfigMap writes by the operator.
+    worker_ca_configmap: str = ""
     # TLS of the gRPC API.
     tls: ServerTLSSettings = field(default_factory=ServerTLSSettings)
     # Who may call the gRPC API, and what each caller may do.

@@ -372,6 +372,8 @@ def _operator_trust(
     tls = settings.operator.tls
     if tls.insecure_plaintext:
         return workloads.OperatorTrust(plaintext=True), None
+    if settings.operator.worker_ca_configmap:
+        return workloads.OperatorTrust(ca_config_map=settings.operator.worker_ca_configmap), None
     if not tls.ca_file:
         return workloads.OperatorTrust(), None
     try:

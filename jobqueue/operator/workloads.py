@@ -13,10 +13,12 @@ filesystem with a writable ``/tmp``, no privilege escalation, every capability d
 The termination grace period is the pool's drain grace plus a margin, so SIGTERM starts
 a drain and the kubelet's SIGKILL comes only after the worker had its chance to report.
 
-Worker pods verify the operator's TLS certificate. With ``operator.tls.ca_file`` set, the
-operator copies that CA into a ConfigMap ``<pool>-operator-ca`` beside the pool (owned by
-it, since a pod cannot mount a ConfigMap of another namespace) and mounts it into the
-pods; without it they trust their system roots; an operator serving plaintext tells its
+Worker pods verify the operator's TLS certificate. With ``operator.worker_ca_configmap``
+they mount that ConfigMap, which something else (trust-manager) keeps in every pool's
+namespace. Else, with ``operator.tls.ca_file`` set, the operator copies that CA into a
+ConfigMap ``<pool>-operator-ca`` beside the pool (owned by it, since a pod cannot mount a
+ConfigMap of another namespace; this needs ConfigMap writes the Helm chart's role does
+not grant). Without either they trust their system roots; an operator serving plaintext tells its
 workers to do the same. Each pod proves who it is with its ServiceAccount token, which
 the kubelet mounts and rotates (see docs/security.md).
 

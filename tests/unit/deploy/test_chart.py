@@ -435,6 +435,11 @@ CHART_DERIVED_SETTINGS = frozenset(
         "operator.http_address",
         "operator.tls.cert_file",
         "operator.tls.key_file",
+        # From tls.caConfigMapName, as JQ_OPERATOR_WORKER_CA_CONFIGMAP.
+        "operator.worker_ca_configmap",
+        # Not offered: the operator would copy its CA into every pool's namespace, which
+        # takes ConfigMap writes the chart's role does not grant; caConfigMapName instead.
+        "operator.tls.ca_file",
     }
 )
 
