@@ -5,7 +5,10 @@ Every server runs as a direct child with two guarantees:
 - ``PR_SET_PDEATHSIG``: Linux sends the child SIGKILL the moment its parent thread
   dies, so a test run killed with SIGKILL still leaves no server behind. The signal
   follows the *thread* that forked, which is why the environment starts every process
-  from the thread that owns it and never from a pool thread.
+  from the thread that owns it and never from a pool thread. util-linux's ``setpriv
+  --pdeathsig KILL`` sets it and then execs the server; Python code run between fork and
+  exec (``preexec_fn``) can deadlock in a process with threads, as a test runner is, so
+  that is only the fallback where ``setpriv`` is missing.
 - Its own session (``start_new_session``), so stopping it reaches every process it
   forked itself (PostgreSQL's backends, a JVM's helpers).
 
@@ -18,6 +21,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+_SETPRIV = shutil.which("setpriv")
 
 
 def _die_with_parent() -> None:
@@ -89,8 +96,11 @@ class ManagedProcess:
         if self.running():
             return
         with self.log_path.open("ab") as log:
+            argv = self.argv
+            if _SETPRIV:
+                argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
             self._popen = subprocess.Popen(
-                self.argv,
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -98,7 +108,7 @@ class ManagedProcess:
                 cwd=self.cwd,
                 user=self.user,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only async-signal-safe work
+                preexec_fn=None if _SETPRIV else _die_with_parent,  # noqa: PLW1509 - see above
             )
         logger.debug("Started %s (pid %s): %s", self.name, self._popen.pid, " ".join(self.argv))
 
