@@ -8,7 +8,6 @@ queue and on which replica ran any reconcile handler at all.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from jobqueue.devenv import Environment
 from jobqueue.devenv.processes import free_port, port_open
 from jobqueue.store import JobStore
 from tests.conftest import KafkaTarget
+from tests.integration.operator.conftest import operator_environment
 from tests.polling import eventually
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -37,21 +37,14 @@ def start_replica(
 ) -> tuple[subprocess.Popen[bytes], int]:
     assert devenv.kubeconfig is not None
     port = free_port()
-    environment = {
-        **os.environ,
-        "PYTHONPATH": str(REPOSITORY),
-        "KUBECONFIG": str(devenv.kubeconfig),
-        "JQ_DATABASE_URL": database_url,
-        "JQ_REDIS_URL": redis_url,
-        "JQ_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "JQ_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-        "JQ_OPERATOR_GRPC_ADDRESS": f"127.0.0.1:{port}",
-        "JQ_OPERATOR_HTTP_ADDRESS": "",
-        "JQ_LOGGING_FORMAT": "text",
-        # TLS and authentication have tests of their own (tests/integration/security).
-        "JQ_OPERATOR_TLS_INSECURE_PLAINTEXT": "true",
-        "JQ_OPERATOR_AUTH_MODE": "none",
-    }
+    environment = operator_environment(
+        devenv,
+        database_url,
+        redis_url,
+        kafka,
+        JQ_OPERATOR_GRPC_ADDRESS=f"127.0.0.1:{port}",
+        JQ_OPERATOR_HTTP_ADDRESS="",
+    )
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "jobqueue.operator.main"],

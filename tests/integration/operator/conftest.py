@@ -21,6 +21,7 @@ import pytest
 
 from jobqueue.client import AsyncClient
 from jobqueue.config import Settings, load_settings
+from jobqueue.devenv import Environment
 from jobqueue.devenv.processes import free_port
 from jobqueue.operator.app import Parts, running_operator
 from jobqueue.store import Backoff, JobStore, QueuePolicy
@@ -59,6 +60,27 @@ def operator_settings(
         }
         | more,
     )
+
+
+def operator_environment(
+    devenv: Environment, database_url: str, redis_url: str, kafka: KafkaTarget, **more: str
+) -> dict[str, str]:
+    """The environment of a ``jobqueue-operator`` process on the session's servers."""
+    assert devenv.kubeconfig is not None
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPOSITORY),
+        "KUBECONFIG": str(devenv.kubeconfig),
+        "JQ_DATABASE_URL": database_url,
+        "JQ_REDIS_URL": redis_url,
+        "JQ_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "JQ_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+        "JQ_LOGGING_FORMAT": "text",
+        # TLS and authentication have tests of their own (tests/integration/security).
+        "JQ_OPERATOR_TLS_INSECURE_PLAINTEXT": "true",
+        "JQ_OPERATOR_AUTH_MODE": "none",
+        **more,
+    }
 
 
 async def create_queue(store: JobStore, name: str = QUEUE, **policy: object) -> None:

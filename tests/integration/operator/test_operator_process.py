@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,29 +12,9 @@ import pytest
 from jobqueue.devenv import Environment
 from jobqueue.devenv.processes import free_port, port_open
 from tests.conftest import KafkaTarget
-from tests.integration.operator.conftest import REPOSITORY
+from tests.integration.operator.conftest import REPOSITORY, operator_environment
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-def operator_environment(
-    devenv: Environment, database_url: str, redis_url: str, kafka: KafkaTarget, **more: str
-) -> dict[str, str]:
-    assert devenv.kubeconfig is not None
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPOSITORY),
-        "KUBECONFIG": str(devenv.kubeconfig),
-        "JQ_DATABASE_URL": database_url,
-        "JQ_REDIS_URL": redis_url,
-        "JQ_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "JQ_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-        "JQ_LOGGING_FORMAT": "text",
-        # TLS and authentication have tests of their own (tests/integration/security).
-        "JQ_OPERATOR_TLS_INSECURE_PLAINTEXT": "true",
-        "JQ_OPERATOR_AUTH_MODE": "none",
-        **more,
-    }
 
 
 def run_operator(environment: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
