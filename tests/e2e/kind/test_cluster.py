@@ -6,8 +6,9 @@ first minutes of a fresh cluster slow, hence the generous bounds.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,7 +121,9 @@ def test_autoscaled_pool_gets_a_horizontal_pod_autoscaler(cluster: Cluster) -> N
 def test_command_job_runs_on_a_worker_pod(cluster: Cluster, operator_address: str) -> None:
     custom = kube_client.CustomObjectsApi(cluster.api)
     group, version, namespace = resources.GROUP, resources.VERSION, cluster.namespace
-    name = f"e2e-{uuid.uuid4().hex[:6]}"
+    # The one queue besides the examples' that manifests/dev/examples-access.yaml lets the
+    # test's caller and the namespace's workers use.
+    name = "e2e-commands"
     custom.create_namespaced_custom_object(
         group, version, namespace, resources.JOB_QUEUE_PLURAL,
         {
@@ -149,7 +152,14 @@ def test_command_job_runs_on_a_worker_pod(cluster: Cluster, operator_address: st
             timeout_s=ROLLOUT_TIMEOUT_S,
         )  # fmt: skip
 
-        with Client(operator_address, plaintext=True, timeout_s=30) as client:
+        # TLS and a token, as the kind script hands them over (scripts/kind-e2e.sh).
+        with Client(
+            operator_address,
+            ca_file=Path(os.environ["JQ_E2E_CA_FILE"]),
+            server_name=os.environ.get("JQ_E2E_TLS_SERVER_NAME"),
+            token=Path(os.environ["JQ_E2E_TOKEN_FILE"]).read_text().strip(),
+            timeout_s=30,
+        ) as client:
             job = client.submit(job_spec(name, command=["sh", "-c", "echo from-kind"]))
             finished = client.wait(job.id, timeout_s=JOB_TIMEOUT_S)
 

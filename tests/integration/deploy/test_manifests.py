@@ -302,3 +302,6 @@ def test_kind_examples_access_lets_workers_work_and_the_tests_call(
     assert not allowed("e2e-caller", "work")
     assert not allowed("e2e-caller", "pause")
     assert not allowed("e2e-caller", "submit", queue="other")
+    # The kind tests' own queue, beside the examples'.
+    assert allowed("default", "work", queue="e2e-commands")
+    assert allowed("e2e-caller", "submit", queue="e2e-commands")
