@@ -25,7 +25,7 @@ from jobqueue.api.v1 import (
     workers_pb2,
     workers_pb2_grpc,
 )
-from jobqueue.errors import InvalidInputError, UnavailableError
+from jobqueue.errors import InvalidInputError, NotFoundError, UnavailableError
 from jobqueue.health import Health, Report
 from jobqueue.operator import convert
 from jobqueue.operator.dispatch import Scheduler
@@ -311,7 +311,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             else:
                 self.scheduler.drain(worker_id, self.drain_grace_s)
         records = await self.store.list_workers()
-        record = next(r for r in records if r.info.id == worker_id)
+        record = next((r for r in records if r.info.id == worker_id), None)
+        if record is None:  # deleted between the two statements
+            raise NotFoundError(f"unknown worker {worker_id}")
         return convert.worker_to_proto(record, self.scheduler.busy_slots(worker_id))
 
     @handled

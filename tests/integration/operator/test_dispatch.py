@@ -306,3 +306,10 @@ async def test_bad_requests_get_clear_errors_and_change_nothing(operator: Operat
 
 def _batches(items: list[jobs_pb2.JobSpec], size: int) -> list[list[jobs_pb2.JobSpec]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+async def test_draining_or_stopping_an_unknown_worker_is_not_found(operator: Operator) -> None:
+    with pytest.raises(errors.NotFoundError, match="unknown worker"):
+        await operator.client.drain("nobody")
+    with pytest.raises(errors.NotFoundError, match="unknown worker"):
+        await operator.client.shutdown("nobody", reason="test")
