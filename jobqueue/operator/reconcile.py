@@ -485,7 +485,7 @@ def build_registry(context: Context) -> kopf.OperatorRegistry:
     async def pool_status(
         body: kopf.Body, name: str, namespace: str | None, patch: kopf.Patch, **indexes: Any
     ) -> None:
-        # kopf passes each index by its function's name: queues and deployments.
+        # kopf passes each index as a keyword named by its id: queues and deployments.
         await mirror_pool_status(
             context,
             body=body,
