@@ -49,12 +49,15 @@ from jobqueue.store import (
     AttemptRef,
     AttemptResult,
     Clock,
+    DirectSlots,
     Job,
+    JobState,
     JobStore,
     LostAttempt,
     Outcome,
     QueuePolicy,
     ReportOutcome,
+    Submitted,
     WorkerInfo,
 )
 
@@ -88,12 +91,13 @@ class WorkerSession:
     streaming: bool = False  # a stream is open: the worker takes new work
     draining: bool = False
     last_seen: float = field(default_factory=time.monotonic)
+    reserved: int = 0  # slots offered to submits under way (see ``Scheduler.reserving``)
 
     @property
     def free_slots(self) -> int:
         if not self.streaming or self.draining:
             return 0
-        return max(0, self.info.concurrency - len(self.in_flight))
+        return max(0, self.info.concurrency - len(self.in_flight) - self.reserved)
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,46 @@ class Scheduler:
 
     def free_slots(self, queue: str) -> int:
         return sum(s.free_slots for s in self.sessions.values() if s.info.queue == queue)
+
+    # Assignment at submit -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def reserving(self, queues: Sequence[str]) -> Iterator[DirectSlots | None]:
+        """Offer free slots to new jobs, one queue name each, for the length of the block.
+
+        A queue is offered slots only when it is known to hold nothing ready: its last
+        claim found fewer jobs than it had slots for, and nothing has woken it since. A new
+        job there would be the next one claimed anyway, so the store may assign it at
+        insert (see ``DirectSlots``) and spare it the claim and the wait for a cycle; on a
+        queue with a backlog new jobs queue behind it. ``submitted`` pushes what was
+        assigned; slots not taken are free again when the block ends.
+        """
+        offered: dict[str, list[str]] = {}
+        for queue, jobs in Counter(queues).items():
+            if queue in self._drained and queue not in self._woken:
+                slots = self._slots(queue)[:jobs]
+                if slots:
+                    offered[queue] = slots
+        if not offered:
+            yield None
+            return
+        reserved = Counter(itertools.chain.from_iterable(offered.values()))
+        for worker_id, count in reserved.items():
+            self.sessions[worker_id].reserved += count
+        try:
+            yield DirectSlots(offered, self.settings.lease_s)
+        finally:
+            for worker_id, count in reserved.items():
+                session = self.sessions.get(worker_id)
+                if session is not None:
+                    session.reserved -= count
+
+    async def submitted(self, submitted: Sequence[Submitted]) -> None:
+        """New jobs are in: push those assigned at insert, announce the others."""
+        created = [item.job for item in submitted if item.created]
+        assigned = [job for job in created if job.state is JobState.ASSIGNED]
+        self._push(assigned)
+        await self.announce_jobs([job.queue for job in created if job.state is JobState.PENDING])
 
     async def _publish(self, queues: Iterable[str]) -> None:
         if self._wakeup_bus is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -51,10 +52,12 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
 
     @handled
     async def Submit(self, request: jobs_pb2.SubmitRequest, context: Context) -> Any:
-        submitted = await self.store.submit(convert.new_job(request.job))
-        if submitted.created:
-            metrics.JOBS_SUBMITTED.labels(submitted.job.queue).inc()
-            await self.scheduler.announce_jobs([submitted.job.queue])
+        job = convert.new_job(request.job)
+        with self.scheduler.reserving([job.queue]) as direct:
+            submitted = await self.store.submit(job, direct)
+            if submitted.created:
+                metrics.JOBS_SUBMITTED.labels(submitted.job.queue).inc()
+            await self.scheduler.submitted([submitted])
         return jobs_pb2.SubmitResponse(
             job=convert.job_to_proto(submitted.job), created=submitted.created
         )
@@ -69,12 +72,13 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 new_jobs.append(convert.new_job(spec))
             except InvalidInputError as error:
                 raise InvalidInputError(f"jobs[{index}]: {error}") from error
-        submitted = await self.store.submit_batch(new_jobs)
-
-        created = [item.job.queue for item in submitted if item.created]
-        for queue in created:
-            metrics.JOBS_SUBMITTED.labels(queue).inc()
-        await self.scheduler.announce_jobs(created)
+        with self.scheduler.reserving([job.queue for job in new_jobs]) as direct:
+            submitted = await self.store.submit_batch(new_jobs, direct)
+            for queue, count in Counter(
+                item.job.queue for item in submitted if item.created
+            ).items():
+                metrics.JOBS_SUBMITTED.labels(queue).inc(count)
+            await self.scheduler.submitted(submitted)
         return jobs_pb2.SubmitBatchResponse(
             results=[
                 jobs_pb2.SubmitResponse(job=convert.job_to_proto(item.job), created=item.created)

@@ -13,7 +13,7 @@ calls ``now()`` for a job's timestamps.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -220,6 +220,21 @@ class Job:
 class Submitted:
     job: Job
     created: bool  # False: an idempotency key matched an existing job
+
+
+@dataclass(frozen=True)
+class DirectSlots:
+    """Free worker slots that new jobs may take at once, skipping the pending state.
+
+    ``workers`` holds, per queue, one worker id per slot offered. A submit assigns a new
+    job to the next offered slot of its queue when nothing could make it wait: the queue
+    is not paused and has neither a concurrency nor a rate limit, and the job is due now.
+    Such a job is inserted as that worker's first attempt, with a lease of ``lease_s``;
+    the others are inserted pending, as usual.
+    """
+
+    workers: Mapping[str, Sequence[str]]
+    lease_s: float
 
 
 @dataclass(frozen=True)

@@ -127,39 +127,46 @@ DELETE_QUEUE: LiteralString = "DELETE FROM queues WHERE name = %(name)s"
 # Insert validated jobs (skipping any whose idempotency key is taken) and their
 # submitted events, if every queue's row is still the version the jobs were validated
 # against; returns whether it was (``current``) and the jobs inserted. When none was
-# inserted, the one row has NULL job columns.
+# inserted, the one row has a NULL id. A job given a worker id is inserted as that
+# worker's first attempt, already assigned (see ``JobStore.submit_batch``). The jobs come
+# as one JSON array, which costs the client far less to send than an array per column.
 INSERT_JOBS: LiteralString = """
 WITH versions AS (
-  SELECT count(*) = cardinality(%(queue_names)b::text[]) AS current
+  SELECT count(*) = (SELECT count(*) FROM jsonb_object_keys(%(queue_versions)s::jsonb)) AS current
   FROM queues
-  JOIN unnest(%(queue_names)b::text[], %(queue_versions)b::text[]) AS v(name, row_version)
+  JOIN jsonb_each_text(%(queue_versions)s::jsonb) AS v(name, row_version)
     ON queues.name = v.name AND queues.xmin::text = v.row_version
 ),
 input AS (
-  SELECT * FROM unnest(
-    %(ids)b::uuid[], %(queues)b::text[], %(kinds)b::text[], %(payloads)b::text[],
-    %(priorities)b::int[], %(max_attempts)b::int[], %(timeouts_s)b::float8[],
-    %(idempotency_keys)b::text[], %(labels)b::text[], %(run_afters)b::timestamptz[]
-  ) AS i(id, queue, kind, payload, priority, max_attempts, timeout_s, idempotency_key,
-         labels, run_after)
+  SELECT * FROM jsonb_to_recordset(%(jobs)s::jsonb) AS i(
+    id uuid, queue text, kind text, payload jsonb, priority int, max_attempts int,
+    timeout_s float8, idempotency_key text, labels jsonb, run_after timestamptz,
+    worker_id text
+  )
 ),
 inserted AS (
   INSERT INTO jobs (
     id, queue, kind, payload, priority, state, attempt, max_attempts, timeout_s,
-    idempotency_key, labels, run_after, created_at, updated_at
+    idempotency_key, labels, run_after, created_at, updated_at, worker_id, assigned_at,
+    lease_expires_at
   )
-  SELECT id, queue, kind, payload::jsonb, priority, 'pending', 0, max_attempts, timeout_s,
-         idempotency_key, labels::jsonb, run_after, %(now)s, %(now)s
+  SELECT id, queue, kind, payload, priority,
+         CASE WHEN worker_id IS NULL THEN 'pending' ELSE 'assigned' END,
+         CASE WHEN worker_id IS NULL THEN 0 ELSE 1 END,
+         max_attempts, timeout_s, idempotency_key, labels, run_after, %(now)s, %(now)s,
+         worker_id,
+         CASE WHEN worker_id IS NOT NULL THEN %(now)s END,
+         CASE WHEN worker_id IS NOT NULL THEN %(lease_expires_at)s::timestamptz END
   FROM input
   WHERE (SELECT current FROM versions)
   ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-  RETURNING *
+  RETURNING id, queue
 ),
 submitted AS (
   INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at)
   SELECT id, queue, 'submitted', 0, %(now)s FROM inserted
 )
-SELECT versions.current, inserted.* FROM versions LEFT JOIN inserted ON true
+SELECT versions.current, inserted.id::text AS id FROM versions LEFT JOIN inserted ON true
 """
 
 # The jobs holding the given (queue, idempotency key) pairs.

@@ -56,6 +56,7 @@ from jobqueue.store.model import (
     Backoff,
     Cancelled,
     Clock,
+    DirectSlots,
     EventKind,
     Job,
     JobEvent,
@@ -306,15 +307,21 @@ class JobStore:
 
     # Jobs -----------------------------------------------------------------------------
 
-    async def submit(self, job: NewJob) -> Submitted:
-        (submitted,) = await self.submit_batch([job])
+    async def submit(self, job: NewJob, direct: DirectSlots | None = None) -> Submitted:
+        (submitted,) = await self.submit_batch([job], direct)
         return submitted
 
-    async def submit_batch(self, jobs: Sequence[NewJob]) -> list[Submitted]:
+    async def submit_batch(
+        self, jobs: Sequence[NewJob], direct: DirectSlots | None = None
+    ) -> list[Submitted]:
         """Insert jobs, all or none; one result per job, in order.
 
         A job whose idempotency key is already used on its queue (earlier, or earlier in
         the same batch) is answered with the first job and ``created=False``.
+
+        ``direct`` offers free worker slots: a new job that nothing would hold back takes
+        one and is inserted already assigned (see ``DirectSlots``), which spares it the
+        claim. The caller pushes such jobs to their workers; a slot not taken stays free.
 
         The jobs are validated against their queues' policies as this store last read
         them, and inserted by one statement that checks those rows are still the versions
@@ -324,11 +331,13 @@ class JobStore:
         """
         if not jobs:
             return []
+        if direct is not None and not direct.lease_s > 0:
+            raise InvalidInputError(f"lease_s: must be over 0, got {direct.lease_s}")
         now = self._clock.now()
         names = sorted({job.queue for job in jobs})
         known = self._known_policies(names)
         if known is not None:
-            submitted = await self._submit_to_known_queues(jobs, known, now)
+            submitted = await self._submit_to_known_queues(jobs, known, direct, now)
             if submitted is not None:
                 return submitted
 
@@ -337,15 +346,22 @@ class JobStore:
             known = self._remember_policies(names, await cursor.fetchall())
             policies = {name: entry.policy for name, entry in known.items()}
             prepared = lifecycle.validate_batch(jobs, policies, self._limits, now)
+            workers = _direct_workers(prepared, policies, direct, now)
             # No version to check: the lock keeps the queues from being deleted, and a
             # pause or other change committed meanwhile does not undo this validation.
-            submitted = await _insert_jobs(cursor, prepared, now, versions={})
+            submitted = await _insert_jobs(
+                cursor, prepared, now, {}, workers=workers, direct=direct
+            )
         if submitted is None:
             raise PermanentError("store: a submit with no versions to check found them stale")
         return submitted
 
     async def _submit_to_known_queues(
-        self, jobs: Sequence[NewJob], known: Mapping[str, _KnownPolicy], now: datetime
+        self,
+        jobs: Sequence[NewJob],
+        known: Mapping[str, _KnownPolicy],
+        direct: DirectSlots | None,
+        now: datetime,
     ) -> list[Submitted] | None:
         """Submit in one statement if the remembered policies still hold; None if not."""
         policies = {name: entry.policy for name, entry in known.items()}
@@ -354,10 +370,13 @@ class JobStore:
         except PermanentError:
             # Perhaps refused by a policy that has changed since: the locked path decides.
             return None
+        workers = _direct_workers(prepared, policies, direct, now)
         versions = {name: entry.version for name, entry in known.items()}
         async with self._connection() as connection:
             cursor = connection.cursor()
-            return await _insert_jobs(cursor, prepared, now, versions)
+            return await _insert_jobs(
+                cursor, prepared, now, versions, workers=workers, direct=direct
+            )
 
     def _known_policies(self, names: Sequence[str]) -> dict[str, _KnownPolicy] | None:
         """The remembered policies of ``names``, if every one was read lately."""
@@ -951,37 +970,73 @@ async def _apply(cursor: AsyncCursor[DictRow], changes: Sequence[Change]) -> Non
         raise PermanentError(f"store: expected to change {len(jobs)} jobs, changed {row}")
 
 
+def _direct_workers(
+    prepared: Sequence[PreparedJob],
+    policies: Mapping[str, QueuePolicy],
+    direct: DirectSlots | None,
+    now: datetime,
+) -> list[str | None]:
+    """The offered worker each job is assigned to at insert, or None; see ``DirectSlots``."""
+    if direct is None:
+        return [None] * len(prepared)
+    offered = {queue: iter(workers) for queue, workers in direct.workers.items()}
+    workers: list[str | None] = []
+    for job in prepared:
+        policy = policies[job.queue]
+        slots = offered.get(job.queue)
+        free = (
+            slots is not None
+            and not policy.paused
+            and policy.concurrency_limit is None
+            and policy.rate_limit is None
+            and job.run_after <= now
+        )
+        workers.append(next(slots, None) if free and slots is not None else None)
+    return workers
+
+
 async def _insert_jobs(
     cursor: AsyncCursor[DictRow],
     prepared: Sequence[PreparedJob],
     now: datetime,
     versions: Mapping[str, str],
+    *,
+    workers: Sequence[str | None],
+    direct: DirectSlots | None,
 ) -> list[Submitted] | None:
     """Insert the first job of each idempotency key; answer the rest with the holder.
 
-    None, and nothing inserted, if a queue's row is no longer the version in ``versions``
-    (an empty mapping checks nothing).
+    ``workers[i]`` is the worker ``prepared[i]`` is assigned to at once, if any. None, and
+    nothing inserted, if a queue's row is no longer the version in ``versions`` (an empty
+    mapping checks nothing).
     """
     key_owner: dict[tuple[str, str], int] = {}
-    to_insert: list[tuple[str, PreparedJob]] = []
+    to_insert: list[_Insert] = []
     for index, job in enumerate(prepared):
         if job.idempotency_key is not None:
             key = (job.queue, job.idempotency_key)
             if key in key_owner:
                 continue
             key_owner[key] = index
-        to_insert.append((str(uuid.uuid4()), job))
+        to_insert.append(_Insert(str(uuid.uuid4()), job, workers[index]))
     # Insert in key order: two batches sharing keys then wait on each other in one order.
-    to_insert.sort(key=lambda item: (item[1].queue, item[1].idempotency_key or ""))
+    to_insert.sort(key=lambda item: (item.job.queue, item.job.idempotency_key or ""))
 
-    params = _insert_params(to_insert, now)
-    params["queue_names"] = list(versions)
-    params["queue_versions"] = list(versions.values())
+    lease_expires_at = now + timedelta(seconds=direct.lease_s if direct is not None else 0.0)
+    params = {
+        "jobs": json.dumps([item.row() for item in to_insert], separators=(",", ":")),
+        "queue_versions": json.dumps(versions),
+        "now": now,
+        "lease_expires_at": lease_expires_at,
+    }
     await cursor.execute(queries.INSERT_JOBS, params)
     rows = await cursor.fetchall()
     if not rows[0]["current"]:
         return None
-    inserted = {str(row["id"]): _job_from_row(row) for row in rows if row["id"] is not None}
+    inserted_ids = {row["id"] for row in rows if row["id"] is not None}
+    inserted = {
+        item.id: item.as_job(now, lease_expires_at) for item in to_insert if item.id in inserted_ids
+    }
     by_key: dict[tuple[str, str], Job] = {
         (job.queue, job.idempotency_key): job
         for job in inserted.values()
@@ -989,13 +1044,13 @@ async def _insert_jobs(
     }
     missing = [key for key in key_owner if key not in by_key]
     if missing:
-        params = {"queues": [q for q, _ in missing], "keys": [k for _, k in missing]}
-        await cursor.execute(queries.SELECT_JOBS_BY_IDEMPOTENCY_KEY, params)
+        key_params = {"queues": [q for q, _ in missing], "keys": [k for _, k in missing]}
+        await cursor.execute(queries.SELECT_JOBS_BY_IDEMPOTENCY_KEY, key_params)
         for row in await cursor.fetchall():
             existing = _job_from_row(row)
             by_key[(existing.queue, row["idempotency_key"])] = existing
 
-    new_ids = {id(job): job_id for job_id, job in to_insert}
+    new_ids = {id(item.job): item.id for item in to_insert}
     results = []
     for index, job in enumerate(prepared):
         if job.idempotency_key is None:
@@ -1008,20 +1063,59 @@ async def _insert_jobs(
     return results
 
 
-def _insert_params(rows: Sequence[tuple[str, PreparedJob]], now: datetime) -> dict[str, Any]:
-    return {
-        "ids": [job_id for job_id, _ in rows],
-        "queues": [job.queue for _, job in rows],
-        "kinds": [str(job.kind) for _, job in rows],
-        "payloads": [job.payload_json for _, job in rows],
-        "priorities": [job.priority for _, job in rows],
-        "max_attempts": [job.max_attempts for _, job in rows],
-        "timeouts_s": [job.timeout_s for _, job in rows],
-        "idempotency_keys": [job.idempotency_key for _, job in rows],
-        "labels": [json.dumps(job.labels, separators=(",", ":")) for _, job in rows],
-        "run_afters": [job.run_after for _, job in rows],
-        "now": now,
-    }
+@dataclass(frozen=True)
+class _Insert:
+    """One job to insert: its new id, what it is, and the worker it goes to at once."""
+
+    id: str
+    job: PreparedJob
+    worker_id: str | None
+
+    def row(self) -> dict[str, Any]:
+        """The job as one element of ``INSERT_JOBS``'s JSON array."""
+        job = self.job
+        return {
+            "id": self.id,
+            "queue": job.queue,
+            "kind": str(job.kind),
+            "payload": job.payload,
+            "priority": job.priority,
+            "max_attempts": job.max_attempts,
+            "timeout_s": job.timeout_s,
+            "idempotency_key": job.idempotency_key,
+            "labels": job.labels,
+            "run_after": job.run_after.isoformat(),
+            "worker_id": self.worker_id,
+        }
+
+    def as_job(self, now: datetime, lease_expires_at: datetime) -> Job:
+        """The row ``INSERT_JOBS`` wrote, without reading it back."""
+        job, assigned = self.job, self.worker_id is not None
+        return Job(
+            id=self.id,
+            queue=job.queue,
+            kind=job.kind,
+            payload=job.payload,
+            priority=job.priority,
+            state=JobState.ASSIGNED if assigned else JobState.PENDING,
+            attempt=1 if assigned else 0,
+            max_attempts=job.max_attempts,
+            timeout_s=job.timeout_s,
+            idempotency_key=job.idempotency_key,
+            labels=job.labels,
+            run_after=job.run_after,
+            created_at=now,
+            updated_at=now,
+            assigned_at=now if assigned else None,
+            started_at=None,
+            finished_at=None,
+            worker_id=self.worker_id,
+            lease_expires_at=lease_expires_at if assigned else None,
+            last_error=None,
+            output=None,
+            output_truncated=False,
+            exit_code=None,
+        )
 
 
 # Helpers: rows to values -----------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The scheduler's cycles against a real store, driven by hand: when it claims, and when not.
+"""The scheduler's cycles against a real store, driven by hand: when it claims, and when not,
+and when a new job goes to a worker at submit without a claim.
 
 No gRPC and no worker processes here: sessions are registered directly and each test runs
 ``dispatch_once`` itself, so it can count the claims the scheduler makes.
@@ -11,7 +12,16 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from jobqueue.operator.dispatch import Scheduler, WorkerSession
-from jobqueue.store import AttemptResult, Job, JobKind, JobStore, NewJob, Outcome, WorkerInfo
+from jobqueue.store import (
+    AttemptResult,
+    Job,
+    JobKind,
+    JobState,
+    JobStore,
+    NewJob,
+    Outcome,
+    WorkerInfo,
+)
 from tests.integration.operator.conftest import QUEUE, create_queue
 
 pytestmark = pytest.mark.integration
@@ -48,6 +58,24 @@ async def submit(scheduler: Scheduler) -> None:
     job = NewJob(QUEUE, JobKind.PYTHON, {"handler": "tasks:run"})
     submitted = await scheduler.store.submit(job)
     await scheduler.announce_jobs([submitted.job.queue])
+
+
+async def submit_through_api(scheduler: Scheduler, jobs: int = 1) -> list[Job]:
+    """What JobService's Submit and SubmitBatch do: offer free slots, then hand the jobs on."""
+    new = [NewJob(QUEUE, JobKind.PYTHON, {"handler": "tasks:run"}) for _ in range(jobs)]
+    with scheduler.reserving([job.queue for job in new]) as direct:
+        submitted = await scheduler.store.submit_batch(new, direct)
+        await scheduler.submitted(submitted)
+    return [item.job for item in submitted]
+
+
+def assigned_ids(session: WorkerSession) -> list[str]:
+    """The job ids pushed down the session's stream so far."""
+    ids = []
+    while not session.commands.empty():
+        command = session.commands.get_nowait()
+        ids += [assignment.job_id for assignment in command.assignments.jobs]
+    return ids
 
 
 async def finish_all(scheduler: Scheduler, session: WorkerSession) -> None:
@@ -102,3 +130,75 @@ async def test_a_job_submitted_to_a_drained_queue_is_claimed(
     await submit(scheduler)
 
     assert await scheduler.dispatch_once() == 1
+
+
+async def test_a_job_submitted_to_a_drained_queue_goes_to_a_worker_without_a_claim(
+    store: JobStore, claims: list[str]
+) -> None:
+    scheduler = Scheduler(store, operator_id="test")
+    session = await connected(scheduler, slots=2)
+    await submit(scheduler)
+    assert await scheduler.dispatch_once() == 1  # the queue is now known to hold nothing
+    await finish_all(scheduler, session)
+    assigned_ids(session)
+
+    (job,) = await submit_through_api(scheduler)
+
+    assert job.state is JobState.ASSIGNED
+    assert assigned_ids(session) == [job.id]
+    assert [attempt.job_id for attempt in session.in_flight] == [job.id]
+    assert await scheduler.dispatch_once() == 0  # nothing woke the queue
+    assert claims == [QUEUE]
+
+
+async def test_a_queue_not_known_to_be_empty_is_offered_no_slot(
+    store: JobStore, claims: list[str]
+) -> None:
+    scheduler = Scheduler(store, operator_id="test")
+    session = await connected(scheduler, slots=2)
+
+    (job,) = await submit_through_api(scheduler)
+
+    assert job.state is JobState.PENDING
+    assert await scheduler.dispatch_once() == 1
+    assert assigned_ids(session) == [job.id]
+    assert claims == [QUEUE]
+
+
+async def test_jobs_beyond_the_free_slots_wait_for_a_claim(
+    store: JobStore, claims: list[str]
+) -> None:
+    scheduler = Scheduler(store, operator_id="test")
+    session = await connected(scheduler, slots=2)
+    await submit(scheduler)
+    await scheduler.dispatch_once()
+    await finish_all(scheduler, session)
+    assigned_ids(session)
+
+    jobs = await submit_through_api(scheduler, jobs=3)
+
+    assert [job.state for job in jobs] == [JobState.ASSIGNED, JobState.ASSIGNED, JobState.PENDING]
+    assert session.free_slots == 0
+    await finish_all(scheduler, session)
+    assert await scheduler.dispatch_once() == 1
+    assert assigned_ids(session) == [job.id for job in jobs]
+
+
+async def test_offered_slots_are_held_for_the_submit_and_then_freed(store: JobStore) -> None:
+    scheduler = Scheduler(store, operator_id="test")
+    session = await connected(scheduler, slots=3)
+    await submit(scheduler)
+    await scheduler.dispatch_once()
+    await finish_all(scheduler, session)
+    assert session.free_slots == 3
+
+    with scheduler.reserving([QUEUE, QUEUE]) as direct:
+        assert direct is not None
+        assert direct.workers == {QUEUE: ["w", "w"]}
+        assert session.free_slots == 1
+        # A second submit meanwhile is offered only what is left.
+        with scheduler.reserving([QUEUE, QUEUE]) as second:
+            assert second is not None
+            assert second.workers == {QUEUE: ["w"]}
+
+    assert session.free_slots == 3
