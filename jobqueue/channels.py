@@ -90,7 +90,7 @@ def open_aio_channel(
     """An asyncio channel; with ``send_token``, every call on it carries the token."""
     interceptors: list[grpc.aio.ClientInterceptor] | None = None
     if send_token and security.token:
-        interceptors = [_UnaryToken(security), _StreamToken(security)]
+        interceptors = [_UnaryToken(security), _StreamToken(security), _BidiToken(security)]
     if security.insecure_plaintext:
         return grpc.aio.insecure_channel(target, options=list(options), interceptors=interceptors)
     return grpc.aio.secure_channel(
@@ -117,7 +117,7 @@ class _BearerToken:
 
 
 # One class per call shape: grpc.aio files an interceptor under the first shape it
-# implements only, so a single class for both would never see the streams.
+# implements only, so a single class for all would never see the streams.
 class _UnaryToken(_BearerToken, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
@@ -130,3 +130,13 @@ class _StreamToken(_BearerToken, grpc.aio.UnaryStreamClientInterceptor):
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(self.with_token(client_call_details), request)
+
+
+class _BidiToken(_BearerToken, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(
+        self,
+        continuation: Any,
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return await continuation(self.with_token(client_call_details), request_iterator)

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+import grpc
 import grpc.aio
 
 from jobqueue import __version__, metrics
@@ -26,11 +27,11 @@ from jobqueue.api.v1 import (
     workers_pb2,
     workers_pb2_grpc,
 )
-from jobqueue.errors import InvalidInputError, NotFoundError, UnavailableError
+from jobqueue.errors import InvalidInputError, JobQueueError, NotFoundError, UnavailableError
 from jobqueue.health import Health, Report
 from jobqueue.operator import convert
 from jobqueue.operator.dispatch import Scheduler
-from jobqueue.operator.rpc import handled, handled_stream
+from jobqueue.operator.rpc import handled, handled_stream, status_code
 from jobqueue.store import TERMINAL_STATES, AttemptRef, JobStore, WorkerInfo
 
 logger = logging.getLogger(__name__)
@@ -188,15 +189,78 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
 
     @handled
     async def Started(self, request: workers_pb2.StartedRequest, context: Context) -> Any:
-        attempts = convert.attempt_refs(request.jobs)
-        outcomes = await self.scheduler.started(request.worker_id, attempts)
-        return workers_pb2.StartedResponse(outcomes=[_outcome(o) for o in outcomes])
+        outcomes = await self._started(request.worker_id, request.jobs)
+        return workers_pb2.StartedResponse(outcomes=outcomes)
 
     @handled
     async def Result(self, request: workers_pb2.ResultRequest, context: Context) -> Any:
-        results = [convert.attempt_result(result) for result in request.results]
-        outcomes = await self.scheduler.results(request.worker_id, results)
-        return workers_pb2.ResultResponse(outcomes=[_outcome(o) for o in outcomes])
+        outcomes = await self._results(request.worker_id, request.results)
+        return workers_pb2.ResultResponse(outcomes=outcomes)
+
+    @handled_stream
+    async def Report(
+        self, batches: AsyncIterator[workers_pb2.ReportBatch], context: Context
+    ) -> AsyncIterator[workers_pb2.ReportAnswer]:
+        """Started and Result on one stream (workers.proto).
+
+        Each batch is handled as its own unary call would be, concurrently with the
+        others, and answered when done: a slow batch of results holds up no Started.
+        """
+        answers: asyncio.Queue[workers_pb2.ReportAnswer | None] = asyncio.Queue()
+        handling: set[asyncio.Task[None]] = set()
+
+        async def answer(batch: workers_pb2.ReportBatch) -> None:
+            answers.put_nowait(await self._answer(batch))
+
+        async def read() -> None:
+            try:
+                async for batch in batches:
+                    task = asyncio.create_task(answer(batch), name=f"report batch {batch.id}")
+                    handling.add(task)
+                    task.add_done_callback(handling.discard)
+                await asyncio.gather(*handling)
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read(), name="report stream reader")
+        try:
+            while (reply := await answers.get()) is not None:
+                yield reply
+            await reader  # raises what ended the reading, if anything did
+        finally:
+            for task in (reader, *handling):
+                task.cancel()
+
+    async def _answer(self, batch: workers_pb2.ReportBatch) -> workers_pb2.ReportAnswer:
+        """The batch's outcomes, or the status its unary call would have ended with."""
+        try:
+            outcomes: list[workers_pb2.ReportOutcome] = []
+            if batch.started:
+                outcomes += await self._started(batch.worker_id, batch.started)
+            if batch.results or not batch.started:
+                outcomes += await self._results(batch.worker_id, batch.results)
+            return workers_pb2.ReportAnswer(id=batch.id, outcomes=outcomes)
+        except JobQueueError as error:
+            return _refused(batch.id, status_code(error), str(error))
+        except Exception:
+            # Answered INTERNAL, as a unary call would be; the stream goes on.
+            logger.exception("Unexpected error while handling a report batch.")
+            return _refused(
+                batch.id, grpc.StatusCode.INTERNAL, "internal error; the operator log has details"
+            )
+
+    async def _started(
+        self, worker_id: str, jobs: Sequence[workers_pb2.JobAttempt]
+    ) -> list[workers_pb2.ReportOutcome]:
+        outcomes = await self.scheduler.started(worker_id, convert.attempt_refs(jobs))
+        return [_outcome(outcome) for outcome in outcomes]
+
+    async def _results(
+        self, worker_id: str, results: Sequence[workers_pb2.JobResult]
+    ) -> list[workers_pb2.ReportOutcome]:
+        attempts = [convert.attempt_result(result) for result in results]
+        outcomes = await self.scheduler.results(worker_id, attempts)
+        return [_outcome(outcome) for outcome in outcomes]
 
     @handled
     async def Heartbeat(self, request: workers_pb2.HeartbeatRequest, context: Context) -> Any:
@@ -225,6 +289,11 @@ class HeartbeatSink:
             await self.state.heartbeat(worker_id, self.ttl_s, {"busy": busy, "free": free_slots})
         except UnavailableError:
             logger.debug("Heartbeat of %s not recorded in Redis.", worker_id)
+
+
+def _refused(batch_id: int, code: grpc.StatusCode, message: str) -> workers_pb2.ReportAnswer:
+    code_number: int = code.value[0]
+    return workers_pb2.ReportAnswer(id=batch_id, error_code=code_number, error_message=message)
 
 
 def _outcome(outcome: Any) -> workers_pb2.ReportOutcome:

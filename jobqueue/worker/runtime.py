@@ -1,8 +1,9 @@
 """The worker runtime: joins an operator, runs the attempts it is given, reports on them.
 
 ``Worker.run`` owns every task of the worker and ends them together: the connection
-loop, one ``Reporter`` each for ``Started`` and ``Result``, the heartbeat, and one task
-per attempt. The connection loop is the worker's side of the protocol in workers.proto:
+loop, one ``Reporter`` each for ``Started`` and ``Result`` (both send on the session's
+``Report`` stream, see ``report_stream``), the heartbeat, and one task per attempt.
+The connection loop is the worker's side of the protocol in workers.proto:
 
 1. ``Register`` (with backoff), naming the attempts the worker still holds, so that
    after an operator restart their leases are kept and their slots counted;
@@ -56,6 +57,7 @@ from jobqueue.worker.connection import (
 )
 from jobqueue.worker.execution import ExecutionResult, Outcome
 from jobqueue.worker.handlers import HandlerRegistry
+from jobqueue.worker.report_stream import ReportStream
 from jobqueue.worker.reporting import Answer, AttemptKey, Reporter
 
 if TYPE_CHECKING:
@@ -92,7 +94,7 @@ class WorkerConfig:
     heartbeat_interval_s: float = 5.0
     # Seconds running attempts get to finish on a drain without a grace of its own.
     drain_grace_s: float = 30.0
-    # Seconds one unary call (Register, Started, Result, Heartbeat) may take.
+    # Seconds one call (Register, Heartbeat) or report batch (Started, Result) may take.
     call_timeout_s: float = 10.0
     # Seconds a leaving worker waits for the operator to answer its last reports.
     final_report_timeout_s: float = 10.0
@@ -159,6 +161,8 @@ class Worker:
             outcome: WORKER_JOBS.labels(queue=config.queue, outcome=outcome.value)
             for outcome in Outcome
         }
+        # Both reporters send on the session's Report stream.
+        self._reports = ReportStream(config.worker_id, config.call_timeout_s)
         self._started: Reporter[workers_pb2.JobAttempt] = Reporter(
             "Started",
             queue=config.queue,
@@ -240,6 +244,7 @@ class Worker:
                 for task in leftovers:
                     task.cancel()
                 await asyncio.gather(*leftovers, return_exceptions=True)
+                await self._reports.close()
                 self._stub = None
         logger.info("Worker %s stopped", name)
 
@@ -407,16 +412,12 @@ class Worker:
     async def _send_started(
         self, jobs: list[workers_pb2.JobAttempt]
     ) -> Sequence[workers_pb2.ReportOutcome]:
-        request = workers_pb2.StartedRequest(worker_id=self.config.worker_id, jobs=jobs)
-        response = await self._operator().Started(request, timeout=self.config.call_timeout_s)
-        return response.outcomes
+        return await self._reports.send(self._operator(), self._link.session, started=jobs)
 
     async def _send_results(
         self, results: list[workers_pb2.JobResult]
     ) -> Sequence[workers_pb2.ReportOutcome]:
-        request = workers_pb2.ResultRequest(worker_id=self.config.worker_id, results=results)
-        response = await self._operator().Result(request, timeout=self.config.call_timeout_s)
-        return response.outcomes
+        return await self._reports.send(self._operator(), self._link.session, results=results)
 
     def _operator(self) -> WorkerServiceAsyncStub:
         if self._stub is None:

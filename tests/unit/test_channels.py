@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from jobqueue.api.v1 import jobs_pb2, jobs_pb2_grpc
+from jobqueue.api.v1 import jobs_pb2, jobs_pb2_grpc, workers_pb2, workers_pb2_grpc
 from jobqueue.channels import ChannelSecurity, open_aio_channel
 from jobqueue.credentials import TokenFile
 from jobqueue.errors import ConfigError
 from tests.unit.cli.scripted_server import ScriptedServer, sample_job, serve
+from tests.unit.worker.scripted_operator import ScriptedOperator, start_server
 
 
 @pytest.fixture
@@ -43,6 +44,30 @@ async def test_unary_and_streaming_calls_carry_the_current_token_of_the_file(
         "Bearer first",
         "Bearer rotated-by-the-kubelet",
     ]
+
+
+async def test_a_bidirectional_stream_carries_the_token(tmp_path: Path) -> None:
+    operator = ScriptedOperator()
+    grpc_server, port = await start_server(operator)
+    security = ChannelSecurity(insecure_plaintext=True, token=TokenFile(token_file(tmp_path)))
+    try:
+        async with open_aio_channel(f"127.0.0.1:{port}", security) as channel:
+            call = workers_pb2_grpc.WorkerServiceStub(channel).Report()
+            await call.write(workers_pb2.ReportBatch(id=1, worker_id="w"))
+            answer = await call.read()
+            call.cancel()
+    finally:
+        await grpc_server.stop(grace=None)
+
+    assert isinstance(answer, workers_pb2.ReportAnswer)
+    assert answer.id == 1
+    assert operator.report_authorizations == ["Bearer secret"]
+
+
+def token_file(directory: Path) -> Path:
+    path = directory / "token"
+    path.write_text("secret")
+    return path
 
 
 def test_a_token_file_that_disappears_keeps_the_last_token_and_warns_once(

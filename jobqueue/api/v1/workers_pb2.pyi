@@ -4,11 +4,13 @@ isort:skip_file
 The worker API: how a worker joins, receives jobs and reports on them.
 
 A worker registers, then opens one server stream on which the operator pushes
-assignments and cancel signals. Everything the worker reports (started, results,
-heartbeats) goes through unary calls that take batches, so a busy worker reports many
-jobs per round trip. Every report names the attempt it is about: a report for an
-attempt that is no longer current (the lease expired, the job was cancelled) is
-refused for that job alone, never applied.
+assignments and cancel signals. Its reports on attempts (started, results) go in
+batches, so a busy worker reports many jobs per round trip: either on the Report
+stream, which costs both sides less per batch and is what jobqueue-worker uses, or as
+unary Started and Result calls, which mean the same. Heartbeats are unary calls. Every
+report names the attempt it is about: a report for an attempt that is no longer
+current (the lease expired, the job was cancelled) is refused for that job alone,
+never applied.
 """
 
 from collections import abc as _abc
@@ -515,6 +517,77 @@ class ResultResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResultResponse: _TypeAlias = ResultResponse  # noqa: Y015
+
+@_typing.final
+class ReportBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the worker, unique on the stream; the answer carries it back."""
+    worker_id: _builtins.str
+    @_builtins.property
+    def started(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobAttempt]:
+        """What a StartedRequest and a ResultRequest carry; either may be empty. The started
+        reports are handled first.
+        """
+
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobResult]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        worker_id: _builtins.str = ...,
+        started: _abc.Iterable[Global___JobAttempt] | None = ...,
+        results: _abc.Iterable[Global___JobResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "results", b"results", "started", b"started", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportBatch: _TypeAlias = ReportBatch  # noqa: Y015
+
+@_typing.final
+class ReportAnswer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    error_code: _builtins.int
+    """Otherwise the gRPC status code (google.rpc.Code) the unary call would have ended
+    with, and its message: NOT_FOUND for a worker this operator does not know, and so on.
+    """
+    error_message: _builtins.str
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReportOutcome]:
+        """When the batch was handled: one outcome per reported item, in the order of the
+        batch, the started reports' first.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        outcomes: _abc.Iterable[Global___ReportOutcome] | None = ...,
+        error_code: _builtins.int = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "id", b"id", "outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportAnswer: _TypeAlias = ReportAnswer  # noqa: Y015
 
 @_typing.final
 class HeartbeatRequest(_message.Message):

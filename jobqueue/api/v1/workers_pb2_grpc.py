@@ -54,6 +54,11 @@ class WorkerServiceStub:
                 request_serializer=jobqueue_dot_api_dot_v1_dot_workers__pb2.ResultRequest.SerializeToString,
                 response_deserializer=jobqueue_dot_api_dot_v1_dot_workers__pb2.ResultResponse.FromString,
                 _registered_method=True)
+        self.Report = channel.stream_stream(
+                '/jobqueue.v1.WorkerService/Report',
+                request_serializer=jobqueue_dot_api_dot_v1_dot_workers__pb2.ReportBatch.SerializeToString,
+                response_deserializer=jobqueue_dot_api_dot_v1_dot_workers__pb2.ReportAnswer.FromString,
+                _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/jobqueue.v1.WorkerService/Heartbeat',
                 request_serializer=jobqueue_dot_api_dot_v1_dot_workers__pb2.HeartbeatRequest.SerializeToString,
@@ -98,6 +103,17 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Report(self, request_iterator, context):
+        """Started and Result reports in batches on one stream per session. The operator
+        handles each batch as its own unary call would be, concurrently with the others,
+        and answers it with a ReportAnswer carrying its id (answers may come in any order);
+        a batch it refuses as a whole is answered with the status the unary call would
+        have ended with, and the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Heartbeat(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -132,6 +148,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Result,
                     request_deserializer=jobqueue_dot_api_dot_v1_dot_workers__pb2.ResultRequest.FromString,
                     response_serializer=jobqueue_dot_api_dot_v1_dot_workers__pb2.ResultResponse.SerializeToString,
+            ),
+            'Report': grpc.stream_stream_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=jobqueue_dot_api_dot_v1_dot_workers__pb2.ReportBatch.FromString,
+                    response_serializer=jobqueue_dot_api_dot_v1_dot_workers__pb2.ReportAnswer.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
@@ -252,6 +273,33 @@ class WorkerService:
             '/jobqueue.v1.WorkerService/Result',
             jobqueue_dot_api_dot_v1_dot_workers__pb2.ResultRequest.SerializeToString,
             jobqueue_dot_api_dot_v1_dot_workers__pb2.ResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Report(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/jobqueue.v1.WorkerService/Report',
+            jobqueue_dot_api_dot_v1_dot_workers__pb2.ReportBatch.SerializeToString,
+            jobqueue_dot_api_dot_v1_dot_workers__pb2.ReportAnswer.FromString,
             options,
             channel_credentials,
             insecure,

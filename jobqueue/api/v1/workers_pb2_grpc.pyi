@@ -4,11 +4,13 @@ isort:skip_file
 The worker API: how a worker joins, receives jobs and reports on them.
 
 A worker registers, then opens one server stream on which the operator pushes
-assignments and cancel signals. Everything the worker reports (started, results,
-heartbeats) goes through unary calls that take batches, so a busy worker reports many
-jobs per round trip. Every report names the attempt it is about: a report for an
-attempt that is no longer current (the lease expired, the job was cancelled) is
-refused for that job alone, never applied.
+assignments and cancel signals. Its reports on attempts (started, results) go in
+batches, so a busy worker reports many jobs per round trip: either on the Report
+stream, which costs both sides less per batch and is what jobqueue-worker uses, or as
+unary Started and Result calls, which mean the same. Heartbeats are unary calls. Every
+report names the attempt it is about: a report for an attempt that is no longer
+current (the lease expired, the job was cancelled) is refused for that job alone,
+never applied.
 """
 
 from collections import abc as _abc
@@ -50,6 +52,13 @@ class WorkerServiceStub:
     start as well, before the end. A Result is never sent before its Started is answered.
     """
     Result: _grpc.UnaryUnaryMultiCallable[_workers_pb2.ResultRequest, _workers_pb2.ResultResponse]
+    Report: _grpc.StreamStreamMultiCallable[_workers_pb2.ReportBatch, _workers_pb2.ReportAnswer]
+    """Started and Result reports in batches on one stream per session. The operator
+    handles each batch as its own unary call would be, concurrently with the others,
+    and answers it with a ReportAnswer carrying its id (answers may come in any order);
+    a batch it refuses as a whole is answered with the status the unary call would
+    have ended with, and the stream goes on.
+    """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_workers_pb2.HeartbeatRequest, _workers_pb2.HeartbeatResponse]
     Deregister: _grpc.UnaryUnaryMultiCallable[_workers_pb2.DeregisterRequest, _workers_pb2.DeregisterResponse]
 
@@ -67,6 +76,13 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     start as well, before the end. A Result is never sent before its Started is answered.
     """
     Result: _aio.UnaryUnaryMultiCallable[_workers_pb2.ResultRequest, _workers_pb2.ResultResponse]  # type: ignore[assignment]
+    Report: _aio.StreamStreamMultiCallable[_workers_pb2.ReportBatch, _workers_pb2.ReportAnswer]  # type: ignore[assignment]
+    """Started and Result reports in batches on one stream per session. The operator
+    handles each batch as its own unary call would be, concurrently with the others,
+    and answers it with a ReportAnswer carrying its id (answers may come in any order);
+    a batch it refuses as a whole is answered with the status the unary call would
+    have ended with, and the stream goes on.
+    """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_workers_pb2.HeartbeatRequest, _workers_pb2.HeartbeatResponse]  # type: ignore[assignment]
     Deregister: _aio.UnaryUnaryMultiCallable[_workers_pb2.DeregisterRequest, _workers_pb2.DeregisterResponse]  # type: ignore[assignment]
 
@@ -105,6 +121,19 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workers_pb2.ResultRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workers_pb2.ResultResponse, _abc.Awaitable[_workers_pb2.ResultResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Report(
+        self,
+        request_iterator: _MaybeAsyncIterator[_workers_pb2.ReportBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_workers_pb2.ReportAnswer], _abc.AsyncIterator[_workers_pb2.ReportAnswer]]:
+        """Started and Result reports in batches on one stream per session. The operator
+        handles each batch as its own unary call would be, concurrently with the others,
+        and answers it with a ReportAnswer carrying its id (answers may come in any order);
+        a batch it refuses as a whole is answered with the status the unary call would
+        have ended with, and the stream goes on.
+        """
 
     @_abc_1.abstractmethod
     def Heartbeat(

@@ -84,6 +84,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_stream is not None:
+            bidi = cast(
+                Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]], handler.stream_stream
+            )
+            return grpc.stream_stream_rpc_method_handler(
+                self._guard_bidi(method, rule, bidi),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         # The contract has no client-streaming methods; one that appears is refused.
         return grpc.unary_unary_rpc_method_handler(self._refuse_unknown(method))
 
@@ -112,6 +121,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
             await self._admit(method, rule, request, context)
             async for response in behaviour(request, context):
+                yield response
+
+        return guarded
+
+    def _guard_bidi(
+        self,
+        method: str,
+        rule: Rule | None,
+        behaviour: Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]],
+    ) -> Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]]:
+        """Admit every message of a bidirectional stream, as if each were a unary call.
+
+        A refused message ends the stream with the refusal's status before the method
+        sees it. The answers are cached, so a message usually costs two look-ups.
+        """
+
+        async def guarded(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+            async def admitted() -> AsyncIterator[Any]:
+                async for request in requests:
+                    await self._admit(method, rule, request, context)
+                    yield request
+
+            async for response in behaviour(admitted(), context):
                 yield response
 
         return guarded

@@ -130,6 +130,7 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         _workers("Stream"): _REGISTERED,
         _workers("Started"): _REGISTERED,
         _workers("Result"): _REGISTERED,
+        _workers("Report"): _REGISTERED,
         _workers("Heartbeat"): _REGISTERED,
         _workers("Deregister"): _REGISTERED,
         _admin("GetQueueStats"): Rule("status", _named(lambda r: r.queue, "queue")),

@@ -80,6 +80,17 @@ async def refused_with(call: object) -> tuple[grpc.StatusCode, str]:
     raise AssertionError("the call was not refused")
 
 
+async def refused_on_stream(
+    call: grpc.aio.StreamStreamCall[workers_pb2.ReportBatch, workers_pb2.ReportAnswer],
+    batch: workers_pb2.ReportBatch,
+) -> tuple[grpc.StatusCode, str]:
+    """Send one batch; the status the stream then ended with."""
+    await call.write(batch)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call.read()
+    return refused.value.code(), refused.value.details() or ""
+
+
 def submitter(cluster: Cluster, queues: Sequence[str]) -> str:
     account = cluster.service_account("submitter")
     cluster.grant(account, ["submit", "get", "watch"], queues)
@@ -162,7 +173,17 @@ async def test_a_worker_id_belongs_to_the_identity_that_registered_it(
         assert "pool-a-2" in details
         code, _ = await refused_with(other.Register(register("pool-a-1", QUEUE_A, "pool-a")))  # type: ignore[attr-defined]
         assert code == PERMISSION_DENIED
+        # Every batch on a Report stream is checked like a unary call.
+        report = workers_pb2.ReportBatch(id=1, worker_id="pool-a-1")
+        code, details = await refused_on_stream(other.Report(), report)  # type: ignore[attr-defined]
+        assert code == PERMISSION_DENIED
+        assert "pool-a-2" in details
         await rotated.Heartbeat(heartbeat)  # type: ignore[attr-defined]
+        own_stream = owner.Report()  # type: ignore[attr-defined]
+        await own_stream.write(report)
+        answer = await own_stream.read()
+        own_stream.cancel()
+        assert (answer.id, answer.error_code) == (1, 0)
 
         # Revoking the right to work ends the worker's next heartbeat.
         cluster.revoke(binding)

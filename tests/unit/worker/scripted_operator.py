@@ -1,10 +1,11 @@
 """A scripted WorkerService for testing the worker's side of the protocol.
 
 It records every call, answers reports as the real operator would (accepted, or refused
-for attempts listed in ``refuse_started``), and lets a test push commands down the open
-stream. Hooks let a test hold a call (``result_hook``) or drive assignments from the
-results (slot refills). It is deliberately not the operator: it checks what the worker
-sends, it does not schedule anything.
+for attempts listed in ``refuse_started``) on the Report stream as on the unary calls,
+and lets a test push commands down the open stream. Hooks let a test hold a call
+(``result_hook``) or drive assignments from the results (slot refills). It is
+deliberately not the operator: it checks what the worker sends, it does not schedule
+anything.
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ class ScriptedOperator(workers_pb2_grpc.WorkerServiceServicer):
         self.results: Recorded[workers_pb2.JobResult] = Recorded()
         self.result_calls: Recorded[int] = Recorded()  # batch sizes
         self.heartbeats: Recorded[workers_pb2.HeartbeatRequest] = Recorded()
+        self.report_streams: Recorded[int] = Recorded()  # Report streams opened, numbered
+        # The authorization metadata each Report stream was opened with.
+        self.report_authorizations: list[str | bytes | None] = []
+        # The next report batch is refused as a whole with this code, then it is cleared.
+        self.refuse_next_report: grpc.StatusCode | None = None
         self.deregistrations: Recorded[workers_pb2.DeregisterRequest] = Recorded()
         self.refuse_started: set[Key] = set()
         # Attempts a heartbeat answers with "stop" once the worker lists them as running.
@@ -177,6 +183,48 @@ class ScriptedOperator(workers_pb2_grpc.WorkerServiceServicer):
                 )
             )
         return workers_pb2.ResultResponse(outcomes=outcomes)
+
+    async def Report(
+        self,
+        batches: AsyncIterator[workers_pb2.ReportBatch],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[workers_pb2.ReportAnswer]:
+        """Like the real operator: each batch handled as its unary call would be, at once."""
+        self.report_streams.add(len(self.report_streams.items) + 1)
+        metadata = dict(context.invocation_metadata() or ())
+        self.report_authorizations.append(metadata.get("authorization"))
+        answers: asyncio.Queue[workers_pb2.ReportAnswer] = asyncio.Queue()
+
+        async def answer(batch: workers_pb2.ReportBatch) -> None:
+            if self.refuse_next_report is not None:
+                code, self.refuse_next_report = self.refuse_next_report, None
+                refusal = workers_pb2.ReportAnswer(
+                    id=batch.id, error_code=code.value[0], error_message="refused by the script"
+                )
+                answers.put_nowait(refusal)
+                return
+            outcomes: list[workers_pb2.ReportOutcome] = []
+            if batch.started:
+                started = workers_pb2.StartedRequest(worker_id=batch.worker_id, jobs=batch.started)
+                outcomes += (await self.Started(started, context)).outcomes
+            if batch.results:
+                results = workers_pb2.ResultRequest(
+                    worker_id=batch.worker_id, results=batch.results
+                )
+                outcomes += (await self.Result(results, context)).outcomes
+            answers.put_nowait(workers_pb2.ReportAnswer(id=batch.id, outcomes=outcomes))
+
+        async def read() -> None:
+            async with asyncio.TaskGroup() as group:
+                async for batch in batches:
+                    group.create_task(answer(batch))
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                yield await answers.get()
+        finally:
+            reader.cancel()
 
     async def Heartbeat(
         self, request: workers_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]

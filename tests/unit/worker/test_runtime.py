@@ -399,6 +399,26 @@ async def test_restarted_operator_gets_held_attempts_and_the_unsent_result_exact
     assert harness.gates.cancelled.items == []
 
 
+async def test_a_report_batch_refused_for_a_forgotten_worker_is_resent_after_registering(
+    harness: Harness,
+) -> None:
+    operator = ScriptedOperator()
+    port = await harness.serve(operator)
+    harness.start_worker(port)
+    await operator.streams_opened.wait_for()
+    # As an operator that restarted and forgot the worker answers: NOT_FOUND.
+    operator.refuse_next_report = grpc.StatusCode.NOT_FOUND
+
+    operator.assign(gate_job("job"))
+    harness.gates.open("job")
+    await operator.results.wait_for()
+
+    assert len(operator.registrations.items) == 2
+    assert len(operator.report_streams.items) == 2  # a new session, a new stream
+    # Recorded once; its start went with it or before it (the refused batch was resent).
+    assert [result.job.job_id for result in operator.results.items] == ["job"]
+
+
 async def test_drain_finishes_running_jobs_cancels_the_stream_and_deregisters(
     harness: Harness,
 ) -> None:
