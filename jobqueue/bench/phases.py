@@ -37,13 +37,18 @@ _POLL_S = 0.05
 # Seconds the relay gets, after the last job finished, to publish every event.
 _OUTBOX_TIMEOUT_S = 120.0
 
-# Whether a queue has an unfinished job; stops at the first, so polling it costs the
-# database next to nothing while a drain is being timed.
+# Whether a queue has an unfinished job. One look per partial index (jobs_ready,
+# jobs_in_flight, jobs_retries: the run_after condition lets the planner pick it), each
+# stopping at its first row, so polling costs the
+# database next to nothing while a drain is being timed. (One EXISTS over the four states
+# is planned on jobs_listing and walks every finished job of the queue: about 6 ms of
+# database time per look near the end of a drain of 20,000 jobs.)
 _ANY_UNFINISHED: LiteralString = """
-SELECT EXISTS (
-  SELECT 1 FROM jobs
-  WHERE queue = %(queue)s AND state IN ('pending', 'assigned', 'running', 'failed')
-) AS unfinished
+SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = %(queue)s AND state = 'pending')
+    OR EXISTS (SELECT 1 FROM jobs WHERE queue = %(queue)s AND state IN ('assigned', 'running'))
+    OR EXISTS (
+      SELECT 1 FROM jobs WHERE state = 'failed' AND run_after > '-infinity' AND queue = %(queue)s
+    ) AS unfinished
 """
 
 # How the jobs of a queue submitted since %(since)s ended, and when they finished.
