@@ -3,8 +3,9 @@
 Every figure comes from timestamps that one clock wrote, so no clock skew between
 processes enters it: the store stamps ``created_at`` when it accepts a job, ``started_at``
 when the worker's Started report reaches it and ``finished_at`` when its Result does;
-the relay stamps ``published_at``. The benchmark adds only its own send times (the same
-machine's wall clock) for the client-side latency.
+the relay stamps its progress (``outbox_progress.updated_at``) each time it moves it.
+The benchmark adds only its own send times (the same machine's wall clock) for the
+client-side latency.
 
 - Submit rates are timed in the benchmark around the calls, on a paused queue, so
   dispatch does not compete with them.
@@ -61,16 +62,17 @@ SELECT count(*) AS jobs,
 FROM jobs WHERE queue = %(queue)s AND created_at >= %(since)s
 """
 
-# Whether the relay has an event left to publish (a partial index holds exactly those).
+# Whether the relay has an event left to publish: one after its progress.
 _ANY_UNPUBLISHED: LiteralString = """
-SELECT EXISTS (SELECT 1 FROM job_events WHERE published_at IS NULL) AS unpublished
+SELECT EXISTS (
+  SELECT 1 FROM job_events, outbox_progress AS p
+  WHERE (job_events.xid, job_events.id) > (p.xid, p.event_id)
+) AS unpublished
 """
 
-# When the relay published the last event of a queue's jobs since %(since)s.
-_LAST_PUBLISHED: LiteralString = """
-SELECT max(published_at) AS last_published FROM job_events
-WHERE queue = %(queue)s AND occurred_at >= %(since)s
-"""
+# When the relay last moved its progress: once nothing is left to publish, when it
+# published the last event.
+_LAST_PUBLISHED: LiteralString = "SELECT updated_at AS last_published FROM outbox_progress"
 
 # When each job of a queue submitted since %(since)s was accepted and started.
 _START_TIMES: LiteralString = """
@@ -248,7 +250,7 @@ async def drain(
             f"expected {jobs} jobs to succeed on queue {queue}; {times['succeeded']} of"
             f" {times['jobs']} did"
         )
-    last_published = await _scalar(connection, _LAST_PUBLISHED, {"queue": queue, "since": since})
+    last_published = await _scalar(connection, _LAST_PUBLISHED, {})
     seconds = (times["last_finished"] - resumed_at).total_seconds()
     steady_s = (times["ninetieth_finished"] - times["tenth_finished"]).total_seconds()
     return Drain(

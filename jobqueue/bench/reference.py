@@ -10,7 +10,8 @@ in between: batched statements from one connection on scratch copies of ``jobs``
   does;
 - lifecycle: per batch, the writes a job's run makes: claim it (``SKIP LOCKED`` in
   dispatch order), mark it running with a ``started`` event, mark it succeeded with a
-  ``succeeded`` event, and mark its events published, as the relay does.
+  ``succeeded`` event, and publish its events as the relay does: read the next ones in
+  the relay's (xid, id) order and move a one-row progress past them.
 
 Each figure is rows (jobs) per second. The queue's own figures are reported as a ratio to
 the matching one, which is the number to compare across runs and machines. The reference
@@ -31,13 +32,17 @@ import psycopg
 
 # Scratch copies of the two tables, dropped first in case an earlier pass left them.
 _CREATE_TABLES: tuple[LiteralString, ...] = (
-    "DROP TABLE IF EXISTS bench_reference_jobs, bench_reference_events",
+    "DROP TABLE IF EXISTS bench_reference_jobs, bench_reference_events, bench_reference_progress",
     "CREATE TABLE bench_reference_jobs (LIKE jobs INCLUDING ALL)",
     "CREATE TABLE bench_reference_events (LIKE job_events INCLUDING ALL)",
+    "CREATE TABLE bench_reference_progress (LIKE outbox_progress INCLUDING ALL)",
+    "INSERT INTO bench_reference_progress (xid, event_id, updated_at) VALUES ('1', 0, now())",
 )
 
 # Drop the scratch tables.
-_DROP_TABLES: LiteralString = "DROP TABLE bench_reference_jobs, bench_reference_events"
+_DROP_TABLES: LiteralString = (
+    "DROP TABLE bench_reference_jobs, bench_reference_events, bench_reference_progress"
+)
 
 # Insert a batch of pending no-op jobs and their submitted events in one statement.
 _INSERT: LiteralString = """
@@ -96,13 +101,18 @@ INSERT INTO bench_reference_events (job_id, queue, kind, attempt, occurred_at, d
 SELECT id, queue, 'succeeded', attempt, %(now)s, '{"worker_id": "reference"}' FROM changed
 """
 
-# Mark up to %(limit)s of the oldest unpublished events published.
+# Read up to %(limit)s events after the progress, in the relay's order, and move the
+# progress past them.
 _PUBLISH: LiteralString = """
-UPDATE bench_reference_events SET published_at = %(now)s
-WHERE id IN (
-  SELECT id FROM bench_reference_events WHERE published_at IS NULL ORDER BY id
+WITH published AS (
+  SELECT e.xid, e.id FROM bench_reference_events AS e, bench_reference_progress AS p
+  WHERE (e.xid, e.id) > (p.xid, p.event_id)
+  ORDER BY e.xid, e.id
   LIMIT %(limit)s
-)
+),
+last AS (SELECT xid, id FROM published ORDER BY xid DESC, id DESC LIMIT 1)
+UPDATE bench_reference_progress SET xid = last.xid, event_id = last.id, updated_at = %(now)s
+FROM last
 """
 
 _PAYLOAD = '{"handler": "jobqueue.bench.handlers:noop", "arguments": {}}'
@@ -154,7 +164,7 @@ async def _run_all(
             break
         await connection.execute(_START, {**times, "ids": ids})
         await connection.execute(_FINISH, {**times, "ids": ids})
-        # Two events per job were written above; the relay marks each published.
+        # Two events per job were written above; the relay publishes them.
         await connection.execute(_PUBLISH, {"now": now, "limit": 2 * len(ids)})
         done += len(ids)
     return time.perf_counter() - began

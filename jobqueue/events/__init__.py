@@ -12,11 +12,12 @@ from jobqueue.events.messages import (
     EVENT_KINDS,
     KafkaMessage,
     OutboxEvent,
+    Position,
     RenderedEvent,
+    acknowledged_prefix,
     all_topics,
     encode_event,
     message_of,
-    publishable,
     topic_for,
 )
 from jobqueue.events.relay import OUTBOX_LOCK_KEY, OutboxRelay
@@ -29,11 +30,12 @@ __all__ = [
     "KafkaSender",
     "OutboxEvent",
     "OutboxRelay",
+    "Position",
     "RenderedEvent",
+    "acknowledged_prefix",
     "all_topics",
     "encode_event",
     "ensure_topics",
     "message_of",
-    "publishable",
     "topic_for",
 ]

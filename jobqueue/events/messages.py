@@ -66,13 +66,22 @@ class RenderedEvent:
     job_id: str
     kind: str
     value: str  # the JSON document
+    # The writing transaction's id (xid8, as text): the relay's order is (xid, id). Empty
+    # for an event rendered here (``encode_event``), which no relay orders.
+    xid: str = ""
+
+
+@dataclass(frozen=True)
+class Position:
+    """A place in the relay's order: the (xid, id) of an event, xid as text."""
+
+    xid: str
+    event_id: int
 
 
 class _Identified(Protocol):
     @property
     def id(self) -> int: ...
-    @property
-    def job_id(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -134,25 +143,15 @@ def encode_event(prefix: str, event: OutboxEvent) -> KafkaMessage:
     return message_of(prefix, rendered)
 
 
-def publishable(events: Sequence[_Identified], delivered: Collection[int]) -> list[int]:
-    """Ids of the events that may be marked published after one round of deliveries.
+def acknowledged_prefix(events: Sequence[_Identified], delivered: Collection[int]) -> int:
+    """How many events from the start of ``events`` the broker acknowledged, all in a row.
 
-    ``events`` is a batch in id order; ``delivered`` holds the ids the broker acknowledged.
-    An event is marked only when it and every earlier event of its job in the batch were
-    acknowledged: once one event of a job is missing, that job's later events wait too, so
-    the next round resends them after it and the job's history is never published with a
-    hole in it. Other jobs are not held back.
-
-    The batch is always the oldest unpublished events, so any earlier unpublished event of
-    a job is in it; an earlier one outside it is already published.
+    ``events`` is a batch in the relay's order; ``delivered`` holds the ids the broker
+    acknowledged. The relay's progress moves past exactly these; from the first event not
+    acknowledged on, the next round sends again, so no job's history is published with a
+    hole in it (events after the hole that did arrive arrive a second time).
     """
-    held_back: set[str] = set()
-    marked: list[int] = []
-    for event in events:
-        if event.job_id in held_back:
-            continue
-        if event.id in delivered:
-            marked.append(event.id)
-        else:
-            held_back.add(event.job_id)
-    return marked
+    for count, event in enumerate(events):
+        if event.id not in delivered:
+            return count
+    return len(events)

@@ -1,23 +1,32 @@
-"""The outbox relay: publishes ``job_events`` rows to Kafka and marks them published.
+"""The outbox relay: publishes ``job_events`` rows to Kafka, in order, and remembers how far.
 
 Every state change of a job writes an event row in the same transaction (the transactional
 outbox), so an event exists exactly when its change was committed. This relay is the only
-reader. One cycle:
+reader. It publishes the events in (xid, id) order, where xid is the id of the transaction
+that wrote the event, and keeps the last (xid, id) it has published in the one row of
+``outbox_progress``. One cycle:
 
-1. read the oldest unpublished events, in id order, up to ``batch_size``;
+1. read the next events after the progress, up to ``batch_size``, taking only those whose
+   transaction is older than every transaction still running (the xmin of the read's
+   snapshot): no transaction can add an event to those any more, so an event committed
+   later always sorts after them and is never skipped;
 2. produce them all with an idempotent producer and wait for the delivery reports;
-3. mark published only what the broker acknowledged, and of a job only up to its first
-   event that was not acknowledged (``messages.publishable``); the rest is read again and
-   resent by a later cycle.
+3. move the progress to the end of the longest run of acknowledged events from the start
+   of the batch; from the first event the broker did not acknowledge on, the next cycle
+   reads and sends again.
 
 So delivery is at least once and ordered per job within each topic; a consumer that must
-not act twice deduplicates on ``event_id``. Event ids follow commit order for one job
-because every transaction that writes a job's event holds that job's row lock; across
-jobs, a smaller id committed later is simply picked up by a later cycle.
+not act twice deduplicates on ``event_id``. A job's events follow its changes in (xid, id)
+order because every transaction that writes a job's event holds that job's row lock.
+Marking each event published instead would cost an UPDATE of the row per event (a new row
+version and new entries in every index of the table); the progress costs one row update
+per batch. The price: an event waits for every transaction that began before its own to
+end, so one long-running writing transaction anywhere on the server holds publication
+back for its length (reads do not: a transaction has an xid only once it writes).
 
 While the broker is down the producer holds the batch (no message timeout) and the cycle
-waits; nothing is marked, nothing is dropped, and the batch goes out when the broker is
-back. The outage is logged once, by the sender.
+waits; the progress does not move, nothing is dropped, and the batch goes out when the
+broker is back. The outage is logged once, by the sender.
 
 Only one relay runs at a time across operator replicas: it holds a PostgreSQL session
 advisory lock (``OUTBOX_LOCK_KEY``) on its own connection and does all its reads and
@@ -49,7 +58,7 @@ from confluent_kafka import KafkaError
 from jobqueue.config import KafkaSettings
 from jobqueue.errors import ConfigError, JobQueueError, PermanentError, UnavailableError
 from jobqueue.events.kafka import KafkaSender, ensure_topics
-from jobqueue.events.messages import RenderedEvent, message_of, publishable
+from jobqueue.events.messages import Position, RenderedEvent, acknowledged_prefix, message_of
 from jobqueue.events.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 
 logger = logging.getLogger(__name__)
@@ -62,29 +71,38 @@ OUTBOX_LOCK_KEY: Final = 0x6A71_6F75_7462_6F78
 # Take the relay lock if no other session holds it; never waits.
 _TRY_LOCK: LiteralString = "SELECT pg_try_advisory_lock(%(key)s)"
 
-# The oldest unpublished events (the partial index job_events_unpublished serves this),
-# each with its message value: the document of messages.encode_event, rendered here, with
-# the time in UTC to the microsecond and a Z, as messages.rfc3339 writes it.
+# Where the relay has got to.
+_READ_PROGRESS: LiteralString = "SELECT xid::text, event_id FROM outbox_progress"
+
+# The next events after the progress whose transactions can add no more (see the module
+# docstring; job_events_relay_order serves this), each with its message value: the
+# document of messages.encode_event, rendered here, with the time in UTC to the
+# microsecond and a Z, as messages.rfc3339 writes it. (The order names the table's
+# columns: a bare "xid" would be the text column of the output, sorted as text.)
 _READ_BATCH: LiteralString = """
     SELECT id, job_id::text, kind, json_build_object(
       'event_id', id, 'job_id', job_id, 'queue', queue, 'kind', kind, 'attempt', attempt,
       'occurred_at', to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
       'data', data
-    )::text
+    )::text, xid::text AS xid_text
     FROM job_events
-    WHERE published_at IS NULL
-    ORDER BY id
+    WHERE (xid, id) > (%(xid)s::xid8, %(id)s::bigint)
+      AND xid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY job_events.xid, job_events.id
     LIMIT %(limit)s
 """
 
-# Mark acknowledged events published.
-_MARK_PUBLISHED: LiteralString = """
-    UPDATE job_events SET published_at = %(now)s
-    WHERE id = ANY(%(ids)s::bigint[]) AND published_at IS NULL
+# Move the progress past what was published.
+_ADVANCE: LiteralString = """
+    UPDATE outbox_progress
+    SET xid = %(xid)s::xid8, event_id = %(id)s::bigint, updated_at = %(now)s
 """
 
 # Events still waiting, for the backlog gauge.
-_COUNT_BACKLOG: LiteralString = "SELECT count(*) FROM job_events WHERE published_at IS NULL"
+_COUNT_BACKLOG: LiteralString = """
+    SELECT count(*) FROM job_events, outbox_progress AS p
+    WHERE (job_events.xid, job_events.id) > (p.xid, p.event_id)
+"""
 
 # Make the server notice a vanished relay (and free its lock) within about a minute.
 _SERVER_KEEPALIVES: Sequence[LiteralString] = (
@@ -129,15 +147,25 @@ class _Outbox:
             row = await cursor.fetchone()
         return bool(row and row[0])
 
-    async def read_batch(self, limit: int) -> list[RenderedEvent]:
+    async def progress(self) -> Position:
+        with _database_errors("reading the outbox progress"):
+            cursor = await self._connection.execute(_READ_PROGRESS)
+            row = await cursor.fetchone()
+        if row is None:
+            raise PermanentError("PostgreSQL: outbox_progress has no row; is the schema migrated?")
+        return Position(row[0], row[1])
+
+    async def read_batch(self, after: Position, limit: int) -> list[RenderedEvent]:
+        params = {"xid": after.xid, "id": after.event_id, "limit": limit}
         with _database_errors("reading unpublished job events"):
-            cursor = await self._connection.execute(_READ_BATCH, {"limit": limit})
+            cursor = await self._connection.execute(_READ_BATCH, params)
             rows = await cursor.fetchall()
         return [RenderedEvent(*row) for row in rows]
 
-    async def mark_published(self, event_ids: Sequence[int], now: datetime) -> None:
-        with _database_errors("marking job events published"):
-            await self._connection.execute(_MARK_PUBLISHED, {"ids": list(event_ids), "now": now})
+    async def advance(self, to: Position, now: datetime) -> None:
+        params = {"xid": to.xid, "id": to.event_id, "now": now}
+        with _database_errors("recording the outbox progress"):
+            await self._connection.execute(_ADVANCE, params)
 
     async def backlog(self) -> int:
         with _database_errors("counting unpublished job events"):
@@ -152,7 +180,7 @@ class OutboxRelay:
     ``kafka`` carries the brokers, the topic prefix and the security settings;
     ``bootstrap_servers`` and ``topic_prefix``, when given, override its fields (enough on
     their own for a plaintext cluster). ``active`` is set while this relay holds the lock
-    and relays; ``published`` counts the events it marked published (for tests and the log).
+    and relays; ``published`` counts the events it has published (for tests and the log).
     """
 
     def __init__(
@@ -191,6 +219,7 @@ class OutboxRelay:
         self._now = now
         self.active = asyncio.Event()
         self.published = 0
+        self._position = Position("1", 0)  # read from the database when relaying begins
         self._database_down = False
         self._topics_ready = False
         self._topics_warned = False
@@ -264,6 +293,8 @@ class OutboxRelay:
     async def _relay(self, outbox: _Outbox, stop: asyncio.Event) -> None:
         sender = KafkaSender(self._kafka)
         next_backlog_count = 0.0  # time.monotonic()
+        # Read once: only the lock holder moves it, and this relay holds the lock.
+        self._position = await outbox.progress()
         try:
             while not stop.is_set():
                 await self._ensure_topics()
@@ -290,7 +321,7 @@ class OutboxRelay:
         self, outbox: _Outbox, sender: KafkaSender, stop: asyncio.Event
     ) -> float:
         """One cycle; returns how long to pause before the next (0 after a full batch)."""
-        events = await outbox.read_batch(self.batch_size)
+        events = await outbox.read_batch(self._position, self.batch_size)
         if not events:
             return self.idle_interval_s
 
@@ -298,22 +329,24 @@ class OutboxRelay:
         await asyncio.to_thread(sender.send, messages)
         await self._wait_for_deliveries(sender, stop)
 
-        marked = publishable(events, sender.acknowledged)
-        if marked:
+        done = acknowledged_prefix(events, sender.acknowledged)
+        if done:
+            last = events[done - 1]
             # Not shielded: if cancellation cuts this short, the events are only sent twice.
-            await outbox.mark_published(marked, self._now())
-            OUTBOX_PUBLISHED.inc(len(marked))
-            self.published += len(marked)
+            await outbox.advance(Position(last.xid, last.id), self._now())
+            self._position = Position(last.xid, last.id)
+            OUTBOX_PUBLISHED.inc(done)
+            self.published += done
 
         failures = sender.failures
         if failures and stop.is_set():
             logger.info(
                 "Stopping with %d job events unacknowledged; they stay in the outbox",
-                len(events) - len(marked),
+                len(events) - done,
             )
             return 0.0
         if failures:
-            self._report_failures(failures, len(events), len(events) - len(marked))
+            self._report_failures(failures, len(events), len(events) - done)
             return self.retry_delay_s
         return 0.0 if len(events) == self.batch_size else self.idle_interval_s
 
@@ -322,12 +355,12 @@ class OutboxRelay:
     ) -> None:
         """A WARNING at most once a minute: an event Kafka always refuses fails every cycle."""
         # TODO: an event the broker refuses for good (too large, say) is resent forever and
-        # holds back every later event of its job; it needs a dead-letter path of its own.
+        # holds back every later event; it needs a dead-letter path of its own.
         event_id, error = next(iter(failures.items()))
         warn = time.monotonic() >= self._next_failure_warning
         (logger.warning if warn else logger.debug)(
-            "Kafka refused %d of %d job events (event %d: %s); %d left unmarked to keep "
-            "each job in order; they will be sent again",
+            "Kafka refused %d of %d job events (event %d: %s); the %d from the first "
+            "refused one on will be sent again, in order",
             len(failures), batch, event_id, error.str(), unmarked,
         )  # fmt: skip
         if warn:

@@ -111,9 +111,11 @@ LOCK_QUEUE_FOR_DELETE: LiteralString = """
 SELECT name FROM queues WHERE name = %(name)s FOR UPDATE
 """
 
-# Delete a queue's finished jobs' published events; unpublished ones wait for the relay.
+# Delete a queue's finished jobs' published events (those at or before the outbox
+# relay's progress); unpublished ones wait for the relay.
 DELETE_QUEUE_PUBLISHED_EVENTS: LiteralString = """
-DELETE FROM job_events WHERE queue = %(name)s AND published_at IS NOT NULL
+DELETE FROM job_events USING outbox_progress AS p
+WHERE job_events.queue = %(name)s AND (job_events.xid, job_events.id) <= (p.xid, p.event_id)
 """
 
 # Delete every job of a queue.
@@ -514,8 +516,9 @@ WITH candidates AS (
             WHEN 'succeeded' THEN queues.retention_succeeded_s
             ELSE queues.retention_failed_s END)
       AND NOT EXISTS (
-        SELECT 1 FROM job_events
-        WHERE job_events.job_id = jobs.id AND job_events.published_at IS NULL
+        SELECT 1 FROM job_events, outbox_progress AS p
+        WHERE job_events.job_id = jobs.id
+          AND (job_events.xid, job_events.id) > (p.xid, p.event_id)
       )
     LIMIT %(limit)s
   ) AS expired

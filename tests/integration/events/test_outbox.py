@@ -29,10 +29,12 @@ from jobqueue.events import (
     OUTBOX_LOCK_KEY,
     OutboxEvent,
     OutboxRelay,
+    Position,
     all_topics,
     encode_event,
     topic_for,
 )
+from jobqueue.events.relay import _Outbox
 from tests.conftest import KafkaTarget
 
 pytestmark = pytest.mark.integration
@@ -94,9 +96,11 @@ async def write_steps(dsn: str, job_ids: Sequence[str], steps: range) -> list[Wr
 
 
 async def published_ids(dsn: str) -> set[int]:
+    """The events at or before the relay's progress."""
     async with await psycopg.AsyncConnection.connect(dsn) as connection:
         cursor = await connection.execute(
-            "SELECT id FROM job_events WHERE published_at IS NOT NULL"
+            "SELECT id FROM job_events, outbox_progress AS p"
+            " WHERE (job_events.xid, job_events.id) <= (p.xid, p.event_id)"
         )
         return {row[0] for row in await cursor.fetchall()}
 
@@ -104,7 +108,8 @@ async def published_ids(dsn: str) -> set[int]:
 async def unpublished_count(dsn: str) -> int:
     async with await psycopg.AsyncConnection.connect(dsn) as connection:
         cursor = await connection.execute(
-            "SELECT count(*) FROM job_events WHERE published_at IS NULL"
+            "SELECT count(*) FROM job_events, outbox_progress AS p"
+            " WHERE (job_events.xid, job_events.id) > (p.xid, p.event_id)"
         )
         row = await cursor.fetchone()
         assert row is not None
@@ -275,6 +280,73 @@ async def test_the_relay_sends_the_document_encode_event_defines(
         assert message.topic == expected.topic
         assert message.job_id.encode() == expected.key
         assert tuple(message.headers.items()) == expected.headers
+
+
+async def test_an_event_of_an_older_transaction_committed_later_is_not_skipped(
+    database_url: str, kafka: KafkaTarget
+) -> None:
+    # The older transaction takes its id first and writes its event only after a younger
+    # one has committed: an event committed later than another may sort before it.
+    relay = make_relay(database_url, kafka)
+    older = await psycopg.AsyncConnection.connect(database_url)
+    try:
+        await older.execute("SELECT pg_current_xact_id()")  # the xid is taken now
+        younger = await write_steps(database_url, new_jobs(1), range(1))
+        async with running(relay):
+            await asyncio.wait_for(relay.active.wait(), 10)
+            # While the older transaction runs, nothing after its xid may go: the
+            # relay must not move its progress past the younger event. (Waiting for an
+            # absence: a few of the relay's 50 ms cycles.)
+            await asyncio.sleep(0.5)
+            assert relay.published == 0
+            cursor = await older.execute(
+                _INSERT,
+                {
+                    "now": datetime.now(UTC),
+                    "job_ids": new_jobs(1),
+                    "kinds": ["submitted"],
+                    "attempts": [0],
+                },
+            )
+            older_events = [Written(*row) for row in await cursor.fetchall()]
+            await older.commit()
+
+            async def both_published() -> bool:
+                return relay.published == 2
+
+            await _wait_for(both_published, 30, "both events to be published")
+    finally:
+        await older.close()
+
+    written = older_events + younger
+    assert older_events[0].id > younger[0].id  # committed in the opposite order of ids
+    received = await asyncio.to_thread(consume, kafka, {event.id for event in written})
+    assert check_delivery(kafka, written, received) == 0
+    assert await published_ids(database_url) == {event.id for event in written}
+
+
+async def test_the_relay_reads_in_transaction_order_not_by_the_digits(database_url: str) -> None:
+    # Events as transactions 3, 9 and 10 would write them (all long over): as text,
+    # "10" < "3" < "9".
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as connection:
+        ids = []
+        for xid in ("10", "9", "3"):
+            cursor = await connection.execute(
+                "INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at, xid)"
+                " VALUES (gen_random_uuid(), 'emails', 'submitted', 0, now(), %s::xid8)"
+                " RETURNING id",
+                (xid,),
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            ids.append(row[0])
+        batch = await _Outbox(connection).read_batch(Position("1", 0), limit=10)
+
+    assert [(event.xid, event.id) for event in batch] == [
+        ("3", ids[2]),
+        ("9", ids[1]),
+        ("10", ids[0]),
+    ]
 
 
 async def test_events_written_while_relaying_follow_the_earlier_ones(

@@ -73,8 +73,8 @@ def test_migrations_create_the_schema_on_an_empty_database(empty_database: str) 
     applied = apply_migrations(empty_database)
 
     assert applied == versions
-    assert {"queues", "jobs", "job_events", "workers", "schema_migrations"} <= set(
-        _tables(empty_database)
+    assert {"queues", "jobs", "job_events", "workers", "outbox_progress", "schema_migrations"} <= (
+        set(_tables(empty_database))
     )
     assert {
         "id", "queue", "kind", "payload", "priority", "state", "attempt", "max_attempts",
@@ -83,7 +83,7 @@ def test_migrations_create_the_schema_on_an_empty_database(empty_database: str) 
         "last_error", "output", "output_truncated", "exit_code",
     } <= _columns(empty_database, "jobs")  # fmt: skip
     assert {
-        "id", "job_id", "queue", "kind", "attempt", "occurred_at", "data", "published_at",
+        "id", "job_id", "queue", "kind", "attempt", "occurred_at", "data", "xid",
     } <= _columns(empty_database, "job_events")  # fmt: skip
     assert {"payload_limit_bytes", "allowed_kinds", "concurrency_limit", "paused"} <= _columns(
         empty_database, "queues"
@@ -97,7 +97,42 @@ def test_migrations_create_the_schema_on_an_empty_database(empty_database: str) 
     assert "'dead_lettered'" in predicates["jobs_finished"]
     assert "'running'" in predicates["jobs_in_flight"]
     assert "IS NOT NULL" in predicates["jobs_idempotency"]
-    assert "published_at IS NULL" in predicates["job_events_unpublished"]
+
+
+def test_the_outbox_progress_starts_before_the_oldest_event_left_unpublished(
+    empty_database: str, migrations_copy: Path
+) -> None:
+    later = sorted(migrations_copy.glob("V*.sql"), key=lambda path: path.name)
+    v3 = migrations_copy / "V3__outbox_progress.sql"
+    held_back = {path: path.read_text() for path in later if path.name >= v3.name}
+    for path in held_back:
+        path.unlink()
+    apply_migrations(empty_database, migrations_copy)
+    with psycopg.connect(empty_database, autocommit=True) as connection:
+        for published in (True, True, False, True, False):
+            connection.execute(
+                "INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at, published_at)"
+                " VALUES (gen_random_uuid(), 'q', 'submitted', 0, now(),"
+                " CASE WHEN %s THEN now() END)",
+                (published,),
+            )
+    for path, text in held_back.items():
+        path.write_text(text)
+
+    apply_migrations(empty_database, migrations_copy)
+
+    with psycopg.connect(empty_database) as connection:
+        progress = connection.execute("SELECT xid::text, event_id FROM outbox_progress").fetchall()
+        # Events 3 and 5 were unpublished: the relay goes on after event 2.
+        assert progress == [("1", 2)]
+        connection.execute(
+            "INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at)"
+            " VALUES (gen_random_uuid(), 'q', 'submitted', 0, now())"
+        )
+        (newer,) = connection.execute(
+            "SELECT xid > '1'::xid8 FROM job_events WHERE id = 6"
+        ).fetchone() or (None,)
+        assert newer is True
 
 
 def _tables(dsn: str) -> list[str]:

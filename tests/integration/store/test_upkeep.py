@@ -38,7 +38,11 @@ async def _finish(store: JobStore, count: int, outcome: Outcome = Outcome.SUCCEE
 
 
 def _publish_all(database: psycopg.Connection[Any]) -> None:
-    database.execute("UPDATE job_events SET published_at = now() WHERE published_at IS NULL")
+    """What the relay does once it has published every event: move its progress past them."""
+    database.execute(
+        "UPDATE outbox_progress SET (xid, event_id, updated_at) ="
+        " (SELECT xid, id, now() FROM job_events ORDER BY xid DESC, id DESC LIMIT 1)"
+    )
 
 
 # Retention ---------------------------------------------------------------------------
