@@ -112,6 +112,7 @@ class ReportStream:
         self,
         stub: WorkerServiceAsyncStub,
         session: Session | None,
+        metadata: Sequence[tuple[str, str]] = (),
         *,
         started: Sequence[workers_pb2.JobAttempt] = (),
         results: Sequence[workers_pb2.JobResult] = (),
@@ -119,7 +120,7 @@ class ReportStream:
         """Send one batch and wait for its outcomes; raises as a unary call would."""
         if session is None:
             raise call_error(grpc.StatusCode.UNAVAILABLE, "the worker is not registered")
-        stream = self._stream_for(stub, session)
+        stream = self._stream_for(stub, session, metadata)
         batch_id = next(self._ids)
         answer: asyncio.Future[workers_pb2.ReportAnswer]
         answer = asyncio.get_running_loop().create_future()
@@ -151,14 +152,16 @@ class ReportStream:
         if stream is not None:
             await stream.close()
 
-    def _stream_for(self, stub: WorkerServiceAsyncStub, session: Session) -> _Stream:
-        """The session's open stream; a new one if it has none (without awaiting, so two
-        reporters sending at once share one)."""
+    def _stream_for(
+        self, stub: WorkerServiceAsyncStub, session: Session, metadata: Sequence[tuple[str, str]]
+    ) -> _Stream:
+        """The session's open stream; a new one, opened with ``metadata``, if it has none
+        (without awaiting, so two reporters sending at once share one)."""
         stream = self._stream
         if stream is not None and stream.session is session and stream.open:
             return stream
         if stream is not None:
             stream.abandon()
-        self._stream = _Stream(stub.Report(), session)
+        self._stream = _Stream(stub.Report(metadata=metadata), session)
         self.streams_opened += 1
         return self._stream

@@ -42,7 +42,7 @@ import grpc.aio
 
 from jobqueue import __version__
 from jobqueue.api.v1 import workers_pb2, workers_pb2_grpc
-from jobqueue.channels import ChannelSecurity, open_aio_channel
+from jobqueue.channels import ChannelSecurity, bearer_metadata, open_aio_channel
 from jobqueue.errors import PermanentError
 from jobqueue.logs import job_fields
 from jobqueue.metrics import WORKER_JOBS, WORKER_RUNNING_JOBS
@@ -226,8 +226,13 @@ class Worker:
         """
         address = self.config.operator_address
         options = channel_options(self.config.backoff)
-        # TLS and the worker's token, as configured (see jobqueue.channels).
-        async with open_aio_channel(address, self.config.security, options) as channel:
+        # TLS as configured (see jobqueue.channels). The token goes with each call
+        # (``_metadata``) rather than through the channel's interceptors: grpc.aio runs an
+        # intercepted stream's every message through an extra queue and task, which
+        # cost the worker more than the rest of a no-op job's handling.
+        async with open_aio_channel(
+            address, self.config.security, options, send_token=False
+        ) as channel:
             self._stub = workers_pb2_grpc.WorkerServiceStub(channel)
             name = self.config.worker_id
             background = [
@@ -321,7 +326,9 @@ class Worker:
             version=self.config.version,
             running=[workers_pb2.JobAttempt(job_id=j, attempt=n) for j, n in self.held()],
         )
-        response = await self._operator().Register(request, timeout=self.config.call_timeout_s)
+        response = await self._operator().Register(
+            request, timeout=self.config.call_timeout_s, metadata=self._metadata()
+        )
 
         self._sessions += 1
         heartbeat_interval_s = response.heartbeat_interval.ToTimedelta().total_seconds()
@@ -354,7 +361,9 @@ class Worker:
 
     async def _obey_stream(self, session: Session) -> None:
         """Read commands until the stream ends, the session is lost, or a drain begins."""
-        call = self._operator().Stream(workers_pb2.StreamRequest(worker_id=self.config.worker_id))
+        call = self._operator().Stream(
+            workers_pb2.StreamRequest(worker_id=self.config.worker_id), metadata=self._metadata()
+        )
         name = self.config.worker_id
         reader = asyncio.create_task(self._read_commands(session, call), name=f"{name} stream")
         lost = asyncio.create_task(self._link.wait_lost(), name=f"{name} stream loss")
@@ -401,7 +410,7 @@ class Worker:
             )
             try:
                 response = await self._operator().Heartbeat(
-                    request, timeout=self.config.call_timeout_s
+                    request, timeout=self.config.call_timeout_s, metadata=self._metadata()
                 )
             except grpc.aio.AioRpcError as error:
                 self._link.lose(session, f"Heartbeat failed ({describe(error)})")
@@ -412,12 +421,20 @@ class Worker:
     async def _send_started(
         self, jobs: list[workers_pb2.JobAttempt]
     ) -> Sequence[workers_pb2.ReportOutcome]:
-        return await self._reports.send(self._operator(), self._link.session, started=jobs)
+        return await self._reports.send(
+            self._operator(), self._link.session, self._metadata(), started=jobs
+        )
 
     async def _send_results(
         self, results: list[workers_pb2.JobResult]
     ) -> Sequence[workers_pb2.ReportOutcome]:
-        return await self._reports.send(self._operator(), self._link.session, results=results)
+        return await self._reports.send(
+            self._operator(), self._link.session, self._metadata(), results=results
+        )
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """The call metadata: the worker's token as it is now (a rotated file is reread)."""
+        return bearer_metadata(self.config.security)
 
     def _operator(self) -> WorkerServiceAsyncStub:
         if self._stub is None:
@@ -602,7 +619,9 @@ class Worker:
             worker_id=self.config.worker_id, reason=self._leaving_reason
         )
         try:
-            await self._operator().Deregister(request, timeout=self.config.call_timeout_s)
+            await self._operator().Deregister(
+                request, timeout=self.config.call_timeout_s, metadata=self._metadata()
+            )
         except grpc.aio.AioRpcError as error:
             logger.warning(
                 "Could not deregister from the operator (%s); it forgets this worker when "

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -42,6 +42,7 @@ from jobqueue.operator.rpc import abort, status_code
 logger = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 # Quoted: RpcMethodHandler is generic only to type checkers, not at run time.
 Continuation = Callable[
     [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
@@ -133,14 +134,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]]:
         """Admit every message of a bidirectional stream, as if each were a unary call.
 
-        A refused message ends the stream with the refusal's status before the method
-        sees it. The answers are cached, so a message usually costs two look-ups.
+        The token is the stream's, checked once when the first message arrives (like a
+        server stream's, it is not checked again when it expires later); what each
+        message names (the worker, its queue) is checked on every message. A refused
+        message ends the stream with the refusal's status before the method sees it.
         """
 
         async def guarded(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             async def admitted() -> AsyncIterator[Any]:
+                identity: Identity | None = None
                 async for request in requests:
-                    await self._admit(method, rule, request, context)
+                    if identity is None:
+                        identity = await self._refusing(method, context, self._identify(context))
+                    check = self._authorize(method, identity, rule, request)
+                    await self._refusing(method, context, check)
                     yield request
 
             async for response in behaviour(admitted(), context):
@@ -164,11 +171,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self, method: str, rule: Rule | None, request: Any, context: Context
     ) -> Admission | None:
         """Authenticate and authorize the call; abort it with the right status otherwise."""
+
+        async def admit() -> Admission | None:
+            identity = await self._identify(context)
+            return await self._authorize(method, identity, rule, request)
+
+        return await self._refusing(method, context, admit())
+
+    async def _identify(self, context: Context) -> Identity:
+        return await self.authenticator.authenticate(context.invocation_metadata() or ())
+
+    async def _refusing(self, method: str, context: Context, check: Awaitable[T]) -> T:
+        """``check``'s answer; a refusal aborts the call with its status (and is counted)."""
         try:
-            identity = await self.authenticator.authenticate(context.invocation_metadata() or ())
-            if rule is None:
-                raise PermissionDeniedError(f"{method} has no access rule; nobody may call it")
-            return await self._authorize(identity, rule, request)
+            return await check
         except JobQueueError as error:
             name = method.rpartition("/")[2]
             metrics.GRPC_CALLS_REFUSED.labels(name, status_code(error).name).inc()
@@ -178,7 +194,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             metrics.GRPC_CALLS_REFUSED.labels(method.rpartition("/")[2], "INTERNAL").inc()
             await abort(context, error)
 
-    async def _authorize(self, identity: Identity, rule: Rule, request: Any) -> Admission | None:
+    async def _authorize(
+        self, method: str, identity: Identity, rule: Rule | None, request: Any
+    ) -> Admission | None:
+        if rule is None:
+            raise PermissionDeniedError(f"{method} has no access rule; nobody may call it")
         if rule.worker is WorkerStep.REGISTERED:
             registration = self.registrations.of(identity, request.worker_id)
             queues: Sequence[str] | None = [registration.queue]
