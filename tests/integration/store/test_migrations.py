@@ -97,6 +97,7 @@ def test_migrations_create_the_schema_on_an_empty_database(empty_database: str) 
     assert "'dead_lettered'" in predicates["jobs_finished"]
     assert "'running'" in predicates["jobs_in_flight"]
     assert "IS NOT NULL" in predicates["jobs_idempotency"]
+    assert "labels <> " in predicates["jobs_labels"]
 
 
 def test_the_outbox_progress_starts_before_the_oldest_event_left_unpublished(
