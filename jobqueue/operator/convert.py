@@ -22,6 +22,7 @@ from jobqueue.errors import InvalidInputError
 from jobqueue.store import (
     AttemptRef,
     AttemptResult,
+    Claimed,
     EventKind,
     Job,
     JobEvent,
@@ -227,6 +228,24 @@ def assignment(job: Job) -> workers_pb2.Assignment:
         message.command.CopyFrom(_command(job.payload))
     else:
         message.python.CopyFrom(_python(job.payload))
+    return message
+
+
+def claimed_assignment(job: Claimed) -> workers_pb2.Assignment:
+    """``assignment`` for a job as the claim gave it, its arguments already JSON text."""
+    message = workers_pb2.Assignment(
+        job_id=job.id,
+        attempt=job.attempt,
+        queue=job.queue,
+        timeout=duration(job.timeout_s),
+        assigned_at=timestamp(job.assigned_at),
+        labels=job.labels,
+    )
+    if job.command is not None:
+        message.command.CopyFrom(_command(job.command))
+    else:
+        message.python.handler = job.handler or ""
+        message.python.arguments_json = job.arguments_json or "{}"
     return message
 
 

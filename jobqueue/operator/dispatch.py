@@ -48,6 +48,7 @@ from jobqueue.operator import convert
 from jobqueue.store import (
     AttemptRef,
     AttemptResult,
+    Claimed,
     Clock,
     DirectSlots,
     Job,
@@ -438,7 +439,7 @@ class Scheduler:
         wanted = await self._rate_limited(queue, len(slots))
         if wanted == 0:
             return 0
-        jobs = await self.store.claim(queue, slots[:wanted], self.settings.lease_s)
+        jobs = await self.store.claim_for_dispatch(queue, slots[:wanted], self.settings.lease_s)
         self._push(jobs)
         if len(jobs) == wanted and wanted == self.settings.claim_batch:
             self.wake(queue)  # more may be waiting: come back in the next cycle
@@ -476,8 +477,9 @@ class Scheduler:
                 logger.debug("Rate-limit tokens unavailable for %s; using the fallback.", queue)
         return 0
 
-    def _push(self, jobs: Sequence[Job]) -> None:
-        by_worker: dict[str, list[Job]] = defaultdict(list)
+    def _push(self, jobs: Sequence[Claimed] | Sequence[Job]) -> None:
+        """Send assigned jobs (claimed, or assigned at submit) down their workers' streams."""
+        by_worker: dict[str, list[Claimed | Job]] = defaultdict(list)
         for job in jobs:
             by_worker[job.worker_id or ""].append(job)
         now = time.monotonic()
@@ -489,7 +491,7 @@ class Scheduler:
             for job in assigned:
                 ready_at = now - _age_s(job)
                 session.in_flight[AttemptRef(job.id, job.attempt)] = InFlight(job.queue, ready_at)
-            message = workers_pb2.Assignments(jobs=[convert.assignment(job) for job in assigned])
+            message = workers_pb2.Assignments(jobs=[_assignment(job) for job in assigned])
             session.commands.put_nowait(workers_pb2.WorkerCommand(assignments=message))
             self._update_worker_gauges(session.info.queue)
 
@@ -554,7 +556,13 @@ def _lost_attempt_number(attempt: LostAttempt) -> int:
     return attempt.job.attempt
 
 
-def _age_s(job: Job) -> float:
+def _assignment(job: Claimed | Job) -> workers_pb2.Assignment:
+    if isinstance(job, Claimed):
+        return convert.claimed_assignment(job)
+    return convert.assignment(job)
+
+
+def _age_s(job: Claimed | Job) -> float:
     """How long ago the job became ready (its run_after), by the store's clock."""
     if job.assigned_at is None:
         return 0.0

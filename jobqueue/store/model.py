@@ -223,6 +223,28 @@ class Submitted:
 
 
 @dataclass(frozen=True)
+class Claimed:
+    """A claimed job as dispatch needs it: what its assignment carries, nothing more.
+
+    A Python job has ``handler`` and ``arguments_json`` (its arguments as JSON text); a
+    command job has ``command``, its payload (argv, env, working_directory).
+    """
+
+    id: str
+    queue: str
+    attempt: int
+    worker_id: str
+    kind: JobKind
+    timeout_s: float
+    assigned_at: datetime
+    run_after: datetime
+    labels: Mapping[str, str]
+    handler: str | None = None
+    arguments_json: str | None = None
+    command: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class DirectSlots:
     """Free worker slots that new jobs may take at once, skipping the pending state.
 

@@ -385,7 +385,7 @@ SELECT_JOBS: LiteralString = "SELECT * FROM jobs WHERE id = ANY(%(ids)b::uuid[])
 # Claim up to one ready job per worker slot of a queue, best first, and assign the i-th
 # job to the i-th slot. jobqueue_claim_capacity (see V1) says how many slots may be
 # filled: none when paused, fewer under a concurrency limit. Claims record no event.
-CLAIM: LiteralString = """
+_CLAIM_UPDATE: LiteralString = """
 WITH capacity AS (
   SELECT jobqueue_claim_capacity(%(queue)s, cardinality(%(worker_slots)b::text[])) AS slots
 ),
@@ -409,8 +409,26 @@ UPDATE jobs SET
   updated_at = %(now)s
 FROM numbered JOIN slots USING (slot)
 WHERE jobs.id = numbered.id
-RETURNING jobs.*, numbered.slot
 """
+CLAIM: LiteralString = _CLAIM_UPDATE + "RETURNING jobs.*, numbered.slot"
+
+# The same claim, returning only what an assignment needs, with the payload taken apart
+# here: a Python job's arguments as JSON text, ready to send, a command's payload as it
+# is; labels only when there are any. The scheduler builds no whole Job per row and
+# decodes no JSON it would encode again.
+CLAIM_FOR_DISPATCH: LiteralString = (
+    _CLAIM_UPDATE
+    + """RETURNING
+  jobs.id::text AS id, jobs.queue, jobs.attempt, jobs.worker_id, jobs.kind, jobs.timeout_s,
+  jobs.assigned_at, jobs.run_after,
+  CASE WHEN jobs.labels <> '{}' THEN jobs.labels END AS labels,
+  CASE WHEN jobs.kind = 'python' THEN jobs.payload->>'handler' END AS handler,
+  CASE WHEN jobs.kind = 'python' THEN coalesce(jobs.payload->'arguments', '{}')::text END
+    AS arguments_json,
+  CASE WHEN jobs.kind = 'command' THEN jobs.payload END AS command,
+  numbered.slot
+"""
+)
 
 # Extend the leases of a worker's live attempts; returns the attempts it still holds.
 EXTEND_LEASES: LiteralString = """

@@ -55,6 +55,7 @@ from jobqueue.store.model import (
     AttemptResult,
     Backoff,
     Cancelled,
+    Claimed,
     Clock,
     DirectSlots,
     EventKind,
@@ -87,6 +88,7 @@ _CANCEL_CHUNK = 1000
 _LIST_LIMIT_MAX = 1000
 # The state a Started report expects its attempt in.
 _STARTABLE = frozenset({JobState.ASSIGNED})
+_KINDS = {kind.value: kind for kind in JobKind}
 
 
 # Seconds a queue policy read for submits is used before it is read again. Every use also
@@ -491,6 +493,35 @@ class JobStore:
         One statement. Returns [] for a paused queue; takes fewer under a concurrency
         limit; NotFoundError for an unknown queue.
         """
+        rows = await self._claim(queries.CLAIM, queue, worker_slots, lease_s)
+        return [_job_from_row(row) for row in rows]
+
+    async def claim_for_dispatch(
+        self, queue: str, worker_slots: Sequence[str], lease_s: float
+    ) -> list[Claimed]:
+        """``claim``, answering with only what the jobs' assignments need (``Claimed``)."""
+        rows = await self._claim(queries.CLAIM_FOR_DISPATCH, queue, worker_slots, lease_s)
+        return [
+            Claimed(
+                id=row["id"],
+                queue=row["queue"],
+                attempt=row["attempt"],
+                worker_id=row["worker_id"],
+                kind=_KINDS[row["kind"]],
+                timeout_s=row["timeout_s"],
+                assigned_at=row["assigned_at"],
+                run_after=row["run_after"],
+                labels=row["labels"] or {},
+                handler=row["handler"],
+                arguments_json=row["arguments_json"],
+                command=row["command"],
+            )
+            for row in rows
+        ]
+
+    async def _claim(
+        self, query: LiteralString, queue: str, worker_slots: Sequence[str], lease_s: float
+    ) -> list[DictRow]:
         if not worker_slots:
             return []
         if not lease_s > 0:
@@ -504,13 +535,13 @@ class JobStore:
         }
         async with self._connection() as connection:
             try:
-                cursor = await connection.execute(queries.CLAIM, params)
+                cursor = await connection.execute(query, params)
             except psycopg.errors.NoDataFound as error:
                 raise NotFoundError(f"unknown queue {queue!r}") from error
             rows = await cursor.fetchall()
         rows.sort(key=lambda row: int(row["slot"]))
         logger.debug("Claimed %d jobs of queue %s.", len(rows), queue, extra={"queue": queue})
-        return [_job_from_row(row) for row in rows]
+        return rows
 
     async def report_started(
         self, worker_id: str, attempts: Sequence[AttemptRef], lease_s: float

@@ -14,6 +14,7 @@ import pytest
 from jobqueue.operator.dispatch import Scheduler, WorkerSession
 from jobqueue.store import (
     AttemptResult,
+    Claimed,
     Job,
     JobKind,
     JobState,
@@ -38,13 +39,13 @@ async def store(database_url: str) -> AsyncIterator[JobStore]:
 def claims(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The queue of every claim the store runs, in order."""
     made: list[str] = []
-    claim = store.claim
+    claim = store.claim_for_dispatch
 
-    async def counted(queue: str, worker_slots: Sequence[str], lease_s: float) -> list[Job]:
+    async def counted(queue: str, worker_slots: Sequence[str], lease_s: float) -> list[Claimed]:
         made.append(queue)
         return await claim(queue, worker_slots, lease_s)
 
-    monkeypatch.setattr(store, "claim", counted)
+    monkeypatch.setattr(store, "claim_for_dispatch", counted)
     return made
 
 
