@@ -90,7 +90,8 @@ def timeout_s(assignment: workers_pb2.Assignment) -> float:
     """The attempt's time limit; an assignment without one runs without a limit."""
     if not assignment.HasField("timeout"):
         return math.inf
-    seconds = assignment.timeout.ToTimedelta().total_seconds()
+    timeout = assignment.timeout  # its fields directly: ToTimedelta costs ten times more
+    seconds = timeout.seconds + timeout.nanos / 1e9
     return seconds if seconds > 0 else math.inf
 
 

@@ -149,6 +149,11 @@ class Worker:
         self._stub: WorkerServiceAsyncStub | None = None
         self._sessions = 0
         self._attempts: dict[AttemptKey, Attempt] = {}
+        # Attempts whose command or handler runs now; the gauge reads it when scraped,
+        # which costs nothing per job (an inc and a dec take a lock each). The gauge is
+        # the process's: it follows the Worker made last, and a process runs one.
+        self._running = 0
+        WORKER_RUNNING_JOBS.set_function(lambda: self._running)
         self._attempt_tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(config.concurrency)
         self._draining = asyncio.Event()
@@ -534,7 +539,7 @@ class Worker:
     async def _execute(self, attempt: Attempt) -> ExecutionResult:
         fields = job_fields(attempt.job_id, self.config.queue, attempt=attempt.number)
         logger.debug("Attempt %d started", attempt.number, extra=fields)
-        WORKER_RUNNING_JOBS.inc()
+        self._running += 1
         try:
             result = await execute(
                 attempt.assignment,
@@ -549,7 +554,7 @@ class Worker:
                 Outcome.FAILED, error=f"the worker failed to run the job: {error!r}"
             )
         finally:
-            WORKER_RUNNING_JOBS.dec()
+            self._running -= 1
         return apply_stop(result, attempt.stop_request)
 
     def _on_started_answer(self, attempt: Attempt, answer: asyncio.Future[Answer]) -> None:
