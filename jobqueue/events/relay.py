@@ -190,7 +190,7 @@ class OutboxRelay:
         *,
         bootstrap_servers: str | None = None,
         topic_prefix: str | None = None,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         idle_interval_s: float = 0.2,
         standby_interval_s: float = 2.0,
         retry_delay_s: float = 1.0,
