@@ -32,7 +32,8 @@ from jobqueue.health import Health, Report
 from jobqueue.operator import convert
 from jobqueue.operator.dispatch import Scheduler
 from jobqueue.operator.rpc import handled, handled_stream, status_code
-from jobqueue.store import TERMINAL_STATES, AttemptRef, JobStore, WorkerInfo
+from jobqueue.operator.submits import SubmitCoalescer
+from jobqueue.store import TERMINAL_STATES, AttemptRef, JobStore, NewJob, Submitted, WorkerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +51,12 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, store: JobStore, scheduler: Scheduler) -> None:
         self.store = store
         self.scheduler = scheduler
+        # Single Submits that arrive together are inserted together (see ``submits``).
+        self._submits = SubmitCoalescer(self._submit_batch)
 
     @handled
     async def Submit(self, request: jobs_pb2.SubmitRequest, context: Context) -> Any:
-        job = convert.new_job(request.job)
-        with self.scheduler.reserving([job.queue]) as direct:
-            submitted = await self.store.submit(job, direct)
-            if submitted.created:
-                metrics.JOBS_SUBMITTED.labels(submitted.job.queue).inc()
-            await self.scheduler.submitted([submitted])
+        submitted = await self._submits.submit(convert.new_job(request.job))
         return jobs_pb2.SubmitResponse(
             job=convert.job_to_proto(submitted.job), created=submitted.created
         )
@@ -73,19 +71,23 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 new_jobs.append(convert.new_job(spec))
             except InvalidInputError as error:
                 raise InvalidInputError(f"jobs[{index}]: {error}") from error
-        with self.scheduler.reserving([job.queue for job in new_jobs]) as direct:
-            submitted = await self.store.submit_batch(new_jobs, direct)
-            for queue, count in Counter(
-                item.job.queue for item in submitted if item.created
-            ).items():
-                metrics.JOBS_SUBMITTED.labels(queue).inc(count)
-            await self.scheduler.submitted(submitted)
+        submitted = await self._submit_batch(new_jobs)
         return jobs_pb2.SubmitBatchResponse(
             results=[
                 jobs_pb2.SubmitResponse(job=convert.job_to_proto(item.job), created=item.created)
                 for item in submitted
             ]
         )
+
+    async def _submit_batch(self, jobs: Sequence[NewJob]) -> list[Submitted]:
+        """Insert jobs (assigning them at once where a worker is free) and hand them on."""
+        with self.scheduler.reserving([job.queue for job in jobs]) as direct:
+            submitted = await self.store.submit_batch(jobs, direct)
+            created = Counter(item.job.queue for item in submitted if item.created)
+            for queue, count in created.items():
+                metrics.JOBS_SUBMITTED.labels(queue).inc(count)
+            await self.scheduler.submitted(submitted)
+        return submitted
 
     @handled
     async def Get(self, request: jobs_pb2.GetJobRequest, context: Context) -> Any:
