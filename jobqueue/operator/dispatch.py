@@ -199,16 +199,19 @@ class Scheduler:
         if not offered:
             yield None
             return
-        reserved = Counter(itertools.chain.from_iterable(offered.values()))
-        for worker_id, count in reserved.items():
-            self.sessions[worker_id].reserved += count
+        # The very sessions reserved on are freed again, even if a worker registers anew
+        # meanwhile (its new session starts with nothing reserved).
+        reserved = [
+            (self.sessions[worker_id], count)
+            for worker_id, count in Counter(itertools.chain.from_iterable(offered.values())).items()
+        ]
+        for session, count in reserved:
+            session.reserved += count
         try:
             yield DirectSlots(offered, self.settings.lease_s)
         finally:
-            for worker_id, count in reserved.items():
-                session = self.sessions.get(worker_id)
-                if session is not None:
-                    session.reserved -= count
+            for session, count in reserved:
+                session.reserved -= count
 
     async def submitted(self, submitted: Sequence[Submitted]) -> None:
         """New jobs are in: push those assigned at insert, announce the others."""
@@ -256,6 +259,10 @@ class Scheduler:
         session = WorkerSession(info=info)
         if previous is not None:
             session.in_flight = previous.in_flight
+            # Commands the old stream had not sent yet (assignments among them) go down the
+            # new one; left behind, their jobs would wait for their leases to expire.
+            while not previous.commands.empty():
+                session.commands.put_nowait(previous.commands.get_nowait())
         for attempt in running:
             session.in_flight.setdefault(attempt, InFlight(info.queue, time.monotonic(), True))
         stop = await self.store.extend_leases(info.id, list(running), self.settings.lease_s)

@@ -94,6 +94,7 @@ class Reporter(Generic[Item]):
         # Items not sent yet, by attempt, oldest first; a dict so withdrawing one is cheap.
         self._waiting: dict[AttemptKey, _Entry[Item]] = {}
         self._in_flight: list[_Entry[Item]] = []
+        self._in_flight_keys: set[AttemptKey] = set()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -136,6 +137,10 @@ class Reporter(Generic[Item]):
         """The attempts whose report the operator has not answered yet."""
         return [*(entry.key for entry in self._in_flight), *self._waiting]
 
+    def holds(self, key: AttemptKey) -> bool:
+        """Whether the report for ``key`` is still unanswered; cheap, unlike ``unanswered``."""
+        return key in self._waiting or key in self._in_flight_keys
+
     async def flushed(self) -> None:
         """Wait until every submitted item has been answered."""
         await self._idle.wait()
@@ -175,6 +180,7 @@ class Reporter(Generic[Item]):
 
     async def _send_batch(self, session: Session, batch: list[_Entry[Item]]) -> None:
         self._in_flight = batch
+        self._in_flight_keys = {entry.key for entry in batch}
         self.calls += 1
         try:
             outcomes = await self._send([entry.item for entry in batch])
@@ -197,6 +203,7 @@ class Reporter(Generic[Item]):
             self._settle(batch, _match(batch, outcomes), default=None)
         finally:
             self._in_flight = []
+            self._in_flight_keys = set()
             if not self._waiting:
                 self._idle.set()
 

@@ -479,7 +479,7 @@ class Worker:
     def _accept(self, assignment: workers_pb2.Assignment) -> None:
         attempt = Attempt(assignment)
         fields = job_fields(attempt.job_id, self.config.queue, attempt=attempt.number)
-        if attempt.key in self._attempts or attempt.key in self._results.unanswered():
+        if attempt.key in self._attempts or self._results.holds(attempt.key):
             logger.debug(
                 "Ignoring a repeated assignment of attempt %d", attempt.number, extra=fields
             )

@@ -203,3 +203,20 @@ async def test_offered_slots_are_held_for_the_submit_and_then_freed(store: JobSt
             assert second.workers == {QUEUE: ["w"]}
 
     assert session.free_slots == 3
+
+
+async def test_assignments_not_yet_sent_follow_the_worker_to_its_new_session(
+    store: JobStore,
+) -> None:
+    scheduler = Scheduler(store, operator_id="test")
+    first = await connected(scheduler, slots=2)
+    await submit(scheduler)
+    assert await scheduler.dispatch_once() == 1  # queued on the stream, not sent yet
+    (attempt,) = first.in_flight
+
+    # The worker lost its session and registers again, naming nothing it runs.
+    again = await scheduler.register(WorkerInfo("w", QUEUE, concurrency=2), [])
+
+    assert again is not first
+    assert assigned_ids(again) == [attempt.job_id]
+    assert list(again.in_flight) == [attempt]
