@@ -71,7 +71,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 new_jobs.append(convert.new_job(spec))
             except InvalidInputError as error:
                 raise InvalidInputError(f"jobs[{index}]: {error}") from error
-        submitted = await self._submit_batch(new_jobs)
+        # Shielded: once inserted, jobs assigned at submit must reach their workers even
+        # if the caller goes away (they would wait for their leases otherwise).
+        submitted = await asyncio.shield(self._submit_batch(new_jobs))
         return jobs_pb2.SubmitBatchResponse(
             results=[
                 jobs_pb2.SubmitResponse(job=convert.job_to_proto(item.job), created=item.created)

@@ -51,7 +51,8 @@ class SubmitCoalescer:
         self._waiting.append(_Waiting(job, answer))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send(), name="coalesced submits")
-        # Shielded: a caller that gives up does not cancel the batch of the others.
+        # Shielded: a caller that gives up cancels neither the batch of the others nor the
+        # push of jobs assigned at submit (see JobService._submit_batch).
         return await asyncio.shield(answer)
 
     async def _send(self) -> None:
