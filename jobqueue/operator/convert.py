@@ -216,14 +216,7 @@ def states_from_proto(states: Any) -> list[JobState]:
 
 
 def assignment(job: Job) -> workers_pb2.Assignment:
-    message = workers_pb2.Assignment(
-        job_id=job.id,
-        attempt=job.attempt,
-        queue=job.queue,
-        timeout=duration(job.timeout_s),
-        assigned_at=timestamp(job.assigned_at),
-        labels=job.labels,
-    )
+    message = _assignment_of(job)
     if job.kind is JobKind.COMMAND:
         message.command.CopyFrom(_command(job.payload))
     else:
@@ -233,7 +226,18 @@ def assignment(job: Job) -> workers_pb2.Assignment:
 
 def claimed_assignment(job: Claimed) -> workers_pb2.Assignment:
     """``assignment`` for a job as the claim gave it, its arguments already JSON text."""
-    message = workers_pb2.Assignment(
+    message = _assignment_of(job)
+    if job.command is not None:
+        message.command.CopyFrom(_command(job.command))
+    else:
+        message.python.handler = job.handler or ""
+        message.python.arguments_json = job.arguments_json or "{}"
+    return message
+
+
+def _assignment_of(job: Job | Claimed) -> workers_pb2.Assignment:
+    """An assignment's fields other than the job's command or handler."""
+    return workers_pb2.Assignment(
         job_id=job.id,
         attempt=job.attempt,
         queue=job.queue,
@@ -241,12 +245,6 @@ def claimed_assignment(job: Claimed) -> workers_pb2.Assignment:
         assigned_at=timestamp(job.assigned_at),
         labels=job.labels,
     )
-    if job.command is not None:
-        message.command.CopyFrom(_command(job.command))
-    else:
-        message.python.handler = job.handler or ""
-        message.python.arguments_json = job.arguments_json or "{}"
-    return message
 
 
 def attempt_refs(attempts: Any) -> list[AttemptRef]:

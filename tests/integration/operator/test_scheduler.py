@@ -79,6 +79,16 @@ def assigned_ids(session: WorkerSession) -> list[str]:
     return ids
 
 
+async def drained(scheduler: Scheduler, slots: int) -> WorkerSession:
+    """A worker with ``slots`` free, on a queue its last claim found empty."""
+    session = await connected(scheduler, slots=slots)
+    await submit(scheduler)
+    assert await scheduler.dispatch_once() == 1  # one job, more slots: the queue is empty
+    await finish_all(scheduler, session)
+    assigned_ids(session)  # what that claim pushed
+    return session
+
+
 async def finish_all(scheduler: Scheduler, session: WorkerSession) -> None:
     results = [
         AttemptResult(attempt.job_id, attempt.attempt, Outcome.SUCCEEDED, run_time_s=0.0)
@@ -137,11 +147,7 @@ async def test_a_job_submitted_to_a_drained_queue_goes_to_a_worker_without_a_cla
     store: JobStore, claims: list[str]
 ) -> None:
     scheduler = Scheduler(store, operator_id="test")
-    session = await connected(scheduler, slots=2)
-    await submit(scheduler)
-    assert await scheduler.dispatch_once() == 1  # the queue is now known to hold nothing
-    await finish_all(scheduler, session)
-    assigned_ids(session)
+    session = await drained(scheduler, slots=2)
 
     (job,) = await submit_through_api(scheduler)
 
@@ -170,11 +176,7 @@ async def test_jobs_beyond_the_free_slots_wait_for_a_claim(
     store: JobStore, claims: list[str]
 ) -> None:
     scheduler = Scheduler(store, operator_id="test")
-    session = await connected(scheduler, slots=2)
-    await submit(scheduler)
-    await scheduler.dispatch_once()
-    await finish_all(scheduler, session)
-    assigned_ids(session)
+    session = await drained(scheduler, slots=2)
 
     jobs = await submit_through_api(scheduler, jobs=3)
 
@@ -187,10 +189,7 @@ async def test_jobs_beyond_the_free_slots_wait_for_a_claim(
 
 async def test_offered_slots_are_held_for_the_submit_and_then_freed(store: JobStore) -> None:
     scheduler = Scheduler(store, operator_id="test")
-    session = await connected(scheduler, slots=3)
-    await submit(scheduler)
-    await scheduler.dispatch_once()
-    await finish_all(scheduler, session)
+    session = await drained(scheduler, slots=3)
     assert session.free_slots == 3
 
     with scheduler.reserving([QUEUE, QUEUE]) as direct:
