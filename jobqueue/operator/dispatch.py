@@ -257,12 +257,15 @@ class Scheduler:
         await self.store.register_worker(info)
         previous = self.sessions.get(info.id)
         session = WorkerSession(info=info)
+        queued: set[AttemptRef] = set()
         if previous is not None:
             session.in_flight = previous.in_flight
             # Commands the old stream had not sent yet (assignments among them) go down the
             # new one; left behind, their jobs would wait for their leases to expire.
             while not previous.commands.empty():
-                session.commands.put_nowait(previous.commands.get_nowait())
+                command = previous.commands.get_nowait()
+                queued.update(_assigned(command))
+                session.commands.put_nowait(command)
         for attempt in running:
             session.in_flight.setdefault(attempt, InFlight(info.queue, time.monotonic(), True))
         stop = await self.store.extend_leases(info.id, list(running), self.settings.lease_s)
@@ -271,6 +274,8 @@ class Scheduler:
         if stop:
             session.commands.put_nowait(_cancel_command(stop, "no longer assigned to this worker"))
         self.sessions[info.id] = session
+        if previous is not None:
+            await self._resend_lost(session, known=queued | set(running))
         self._update_worker_gauges(info.queue)
         logger.info(
             "Worker %s registered for queue %s with %d slots.",
@@ -280,6 +285,39 @@ class Scheduler:
             extra={"worker_id": info.id, "queue": info.queue},
         )
         return session
+
+    async def _resend_lost(self, session: WorkerSession, known: set[AttemptRef]) -> None:
+        """Send again what went down the old stream but never reached the worker.
+
+        An attempt this replica pushed that the worker neither runs nor has queued was lost
+        with the old stream. Still assigned to the worker and not started, it is sent
+        again as it is; one that has moved on (cancelled, recovered) frees its slot.
+        """
+        lost = [attempt for attempt in session.in_flight if attempt not in known]
+        if not lost:
+            return
+        current = {job.id: job for job in await self.store.get_many([a.job_id for a in lost])}
+        resend = []
+        for attempt in lost:
+            job = current.get(attempt.job_id)
+            if (
+                job is not None
+                and job.state is JobState.ASSIGNED
+                and job.worker_id == session.info.id
+                and job.attempt == attempt.attempt
+            ):
+                resend.append(job)
+            elif job is None or job.state is not JobState.RUNNING:
+                # A started attempt the worker no longer runs is its lease's to settle.
+                session.in_flight.pop(attempt, None)
+        if resend:
+            logger.info(
+                "Sending %d assignment(s) again to worker %s: its old stream lost them.",
+                len(resend),
+                session.info.id,
+                extra={"worker_id": session.info.id, "queue": session.info.queue},
+            )
+            self._push(resend)
 
     def session(self, worker_id: str) -> WorkerSession:
         session = self.sessions.get(worker_id)
@@ -555,6 +593,13 @@ class Scheduler:
             )
         for queue in {attempt.job.queue for attempt in lost}:
             self.wake(queue)
+
+
+def _assigned(command: workers_pb2.WorkerCommand) -> list[AttemptRef]:
+    """The attempts an assignments command carries; none for any other command."""
+    if command.WhichOneof("command") != "assignments":
+        return []
+    return [AttemptRef(job.job_id, job.attempt) for job in command.assignments.jobs]
 
 
 def _lost_attempt_number(attempt: LostAttempt) -> int:

@@ -414,6 +414,17 @@ class JobStore:
             raise NotFoundError(f"unknown job {job_id}")
         return _job_from_row(row)
 
+    async def get_many(self, job_ids: Sequence[str]) -> list[Job]:
+        """The jobs of ``job_ids`` that exist, in no particular order; ids that are not
+        UUIDs name no job."""
+        ids = [key for key in (_canonical_id(job_id) for job_id in job_ids) if key]
+        if not ids:
+            return []
+        async with self._connection() as connection:
+            cursor = await connection.execute(queries.SELECT_JOBS, {"ids": ids})
+            rows = await cursor.fetchall()
+        return [_job_from_row(row) for row in rows]
+
     async def list_jobs(
         self,
         *,

@@ -219,3 +219,30 @@ async def test_assignments_not_yet_sent_follow_the_worker_to_its_new_session(
     assert again is not first
     assert assigned_ids(again) == [attempt.job_id]
     assert list(again.in_flight) == [attempt]
+
+
+async def test_an_assignment_lost_with_the_old_stream_is_sent_again(store: JobStore) -> None:
+    scheduler = Scheduler(store, operator_id="test")
+    first = await connected(scheduler, slots=2)
+    await submit(scheduler)
+    await scheduler.dispatch_once()
+    (sent,) = assigned_ids(first)  # it went down the old stream, which then died
+
+    again = await scheduler.register(WorkerInfo("w", QUEUE, concurrency=2), [])
+
+    assert assigned_ids(again) == [sent]
+    assert [attempt.job_id for attempt in again.in_flight] == [sent]
+
+
+async def test_a_lost_assignment_whose_job_moved_on_frees_its_slot(store: JobStore) -> None:
+    scheduler = Scheduler(store, operator_id="test")
+    first = await connected(scheduler, slots=2)
+    await submit(scheduler)
+    await scheduler.dispatch_once()
+    (sent,) = assigned_ids(first)
+    await store.cancel(sent, "changed my mind")
+
+    again = await scheduler.register(WorkerInfo("w", QUEUE, concurrency=2), [])
+
+    assert assigned_ids(again) == []
+    assert again.in_flight == {}
