@@ -332,9 +332,10 @@ class OutboxRelay:
         done = acknowledged_prefix(events, sender.acknowledged)
         if done:
             last = events[done - 1]
+            reached = Position(last.xid, last.id)
             # Not shielded: if cancellation cuts this short, the events are only sent twice.
-            await outbox.advance(Position(last.xid, last.id), self._now())
-            self._position = Position(last.xid, last.id)
+            await outbox.advance(reached, self._now())
+            self._position = reached
             OUTBOX_PUBLISHED.inc(done)
             self.published += done
 

@@ -241,6 +241,8 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             outcomes: list[workers_pb2.ReportOutcome] = []
             if batch.started:
                 outcomes += await self._started(batch.worker_id, batch.started)
+            # An empty batch still goes through Result's checks (an unknown worker is
+            # NOT_FOUND), as an empty unary call would.
             if batch.results or not batch.started:
                 outcomes += await self._results(batch.worker_id, batch.results)
             return workers_pb2.ReportAnswer(id=batch.id, outcomes=outcomes)

@@ -44,7 +44,6 @@ class SubmitCoalescer:
         self._max_batch = max_batch
         self._waiting: list[_Waiting] = []
         self._sender: asyncio.Task[None] | None = None
-        self.batches = 0  # statements sent, for tests and debugging
 
     async def submit(self, job: NewJob) -> Submitted:
         answer: asyncio.Future[Submitted] = asyncio.get_running_loop().create_future()
@@ -62,7 +61,6 @@ class SubmitCoalescer:
             await self._send_batch(batch)
 
     async def _send_batch(self, batch: list[_Waiting]) -> None:
-        self.batches += 1
         try:
             submitted = await self._submit_batch([item.job for item in batch])
         except JobQueueError as error:

@@ -352,7 +352,7 @@ class JobStore:
             # No version to check: the lock keeps the queues from being deleted, and a
             # pause or other change committed meanwhile does not undo this validation.
             submitted = await _insert_jobs(
-                cursor, prepared, now, {}, workers=workers, direct=direct
+                cursor, prepared, now, {}, workers=workers, lease_s=_lease_s(direct)
             )
         if submitted is None:
             raise PermanentError("store: a submit with no versions to check found them stale")
@@ -377,7 +377,7 @@ class JobStore:
         async with self._connection() as connection:
             cursor = connection.cursor()
             return await _insert_jobs(
-                cursor, prepared, now, versions, workers=workers, direct=direct
+                cursor, prepared, now, versions, workers=workers, lease_s=_lease_s(direct)
             )
 
     def _known_policies(self, names: Sequence[str]) -> dict[str, _KnownPolicy] | None:
@@ -1012,6 +1012,11 @@ async def _apply(cursor: AsyncCursor[DictRow], changes: Sequence[Change]) -> Non
         raise PermanentError(f"store: expected to change {len(jobs)} jobs, changed {row}")
 
 
+def _lease_s(direct: DirectSlots | None) -> float:
+    """The lease of jobs assigned at insert (none are without ``direct``)."""
+    return direct.lease_s if direct is not None else 0.0
+
+
 def _direct_workers(
     prepared: Sequence[PreparedJob],
     policies: Mapping[str, QueuePolicy],
@@ -1044,11 +1049,12 @@ async def _insert_jobs(
     versions: Mapping[str, str],
     *,
     workers: Sequence[str | None],
-    direct: DirectSlots | None,
+    lease_s: float,
 ) -> list[Submitted] | None:
     """Insert the first job of each idempotency key; answer the rest with the holder.
 
-    ``workers[i]`` is the worker ``prepared[i]`` is assigned to at once, if any. None, and
+    ``workers[i]`` is the worker ``prepared[i]`` is assigned to at once, if any, with a
+    lease of ``lease_s``. None, and
     nothing inserted, if a queue's row is no longer the version in ``versions`` (an empty
     mapping checks nothing).
     """
@@ -1064,9 +1070,9 @@ async def _insert_jobs(
     # Insert in key order: two batches sharing keys then wait on each other in one order.
     to_insert.sort(key=lambda item: (item.job.queue, item.job.idempotency_key or ""))
 
-    lease_expires_at = now + timedelta(seconds=direct.lease_s if direct is not None else 0.0)
+    lease_expires_at = now + timedelta(seconds=lease_s)
     params = {
-        "jobs": json.dumps([item.row() for item in to_insert], separators=(",", ":")),
+        "jobs": "[" + ",".join(item.row_json() for item in to_insert) + "]",
         "queue_versions": json.dumps(versions),
         "now": now,
         "lease_expires_at": lease_expires_at,
@@ -1113,14 +1119,16 @@ class _Insert:
     job: PreparedJob
     worker_id: str | None
 
-    def row(self) -> dict[str, Any]:
-        """The job as one element of ``INSERT_JOBS``'s JSON array."""
+    def row_json(self) -> str:
+        """The job as one element of ``INSERT_JOBS``'s JSON array.
+
+        The payload goes in as validation encoded it (``payload_json``), not encoded again.
+        """
         job = self.job
-        return {
+        fields = {
             "id": self.id,
             "queue": job.queue,
             "kind": str(job.kind),
-            "payload": job.payload,
             "priority": job.priority,
             "max_attempts": job.max_attempts,
             "timeout_s": job.timeout_s,
@@ -1129,6 +1137,8 @@ class _Insert:
             "run_after": job.run_after.isoformat(),
             "worker_id": self.worker_id,
         }
+        encoded = json.dumps(fields, separators=(",", ":"))
+        return f'{encoded[:-1]},"payload":{job.payload_json}}}'
 
     def as_job(self, now: datetime, lease_expires_at: datetime) -> Job:
         """The row ``INSERT_JOBS`` wrote, without reading it back."""

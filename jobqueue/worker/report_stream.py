@@ -1,8 +1,8 @@
 """The worker's ``Report`` stream: Started and Result batches out, their answers back.
 
 One stream per session carries both reporters' batches (see ``reporting``). A batch gets
-an id, and the reader task hands each answer to the batch that waits for it; the
-operator answers in order, but matching by id does not depend on that. A batch costs
+an id, and the reader task hands each answer to the batch that waits for it (the
+operator answers each batch when it is done, in any order). A batch costs
 both sides about half of what a unary call does, which is most of what a worker that
 reports job by job spends on the operator.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -32,7 +31,6 @@ from jobqueue.worker.connection import Session
 if TYPE_CHECKING:
     from jobqueue.api.v1.workers_pb2_grpc import WorkerServiceAsyncStub
 
-logger = logging.getLogger(__name__)
 
 _Call = grpc.aio.StreamStreamCall[workers_pb2.ReportBatch, workers_pb2.ReportAnswer]
 
@@ -42,11 +40,7 @@ def call_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
 
 
-def _status_code(value: int) -> grpc.StatusCode:
-    for code in grpc.StatusCode:
-        if code.value[0] == value:
-            return code
-    return grpc.StatusCode.UNKNOWN
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class _Stream:
@@ -144,7 +138,9 @@ class ReportStream:
         finally:
             stream.waiting.pop(batch_id, None)
         if reply.error_code:
-            raise call_error(_status_code(reply.error_code), reply.error_message)
+            raise call_error(
+                _STATUS_CODES.get(reply.error_code, grpc.StatusCode.UNKNOWN), reply.error_message
+            )
         return reply.outcomes
 
     async def close(self) -> None:

@@ -8,10 +8,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import grpc
+import grpc.aio
 import pytest
 
 from jobqueue import errors
-from jobqueue.api.v1 import jobs_pb2
+from jobqueue.api.v1 import jobs_pb2, workers_pb2, workers_pb2_grpc
 from jobqueue.client import AsyncClient, job_spec
 from jobqueue.devenv.processes import free_port
 from tests.conftest import KafkaTarget
@@ -313,3 +315,29 @@ async def test_draining_or_stopping_an_unknown_worker_is_not_found(operator: Ope
         await operator.client.drain("nobody")
     with pytest.raises(errors.NotFoundError, match="unknown worker"):
         await operator.client.shutdown("nobody", reason="test")
+
+
+async def test_a_bad_report_batch_is_refused_alone_and_the_stream_goes_on(
+    operator: Operator,
+) -> None:
+    job = await operator.client.submit(job_spec(QUEUE, command=["true"]))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
+        stub = workers_pb2_grpc.WorkerServiceStub(channel)
+        await stub.Register(
+            workers_pb2.RegisterRequest(worker_id="hand", queue=QUEUE, concurrency=1)
+        )
+        call = stub.Report()
+        no_outcome = workers_pb2.JobResult(job=workers_pb2.JobAttempt(job_id=job.id, attempt=1))
+        await call.write(workers_pb2.ReportBatch(id=1, worker_id="hand", results=[no_outcome]))
+        refused = await call.read()
+        await call.write(workers_pb2.ReportBatch(id=2, worker_id="nobody"))
+        unknown = await call.read()
+        call.cancel()
+
+    assert isinstance(refused, workers_pb2.ReportAnswer)
+    assert (refused.id, refused.error_code) == (1, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    assert "no outcome" in refused.error_message
+    assert isinstance(unknown, workers_pb2.ReportAnswer)
+    assert (unknown.id, unknown.error_code) == (2, grpc.StatusCode.NOT_FOUND.value[0])
+    assert "nobody" in unknown.error_message
+    assert (await operator.client.get(job.id)).state == PENDING  # the bad batch changed nothing
