@@ -9,6 +9,7 @@ answered INTERNAL without leaking details.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -62,20 +63,9 @@ def handled(
 
     @functools.wraps(method)
     async def wrapper(self: S, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
-        started = time.perf_counter()
-        code = "OK"
-        try:
-            return await method(self, request, context)
-        except errors.JobQueueError as error:
-            code = status_code(error).name
-            await abort(context, error)
-        except Exception as error:
-            if _is_abort(error):
-                raise
-            code = "INTERNAL"
-            await abort(context, error)
-        finally:
-            metrics.GRPC_CALL_DURATION.labels(name, code).observe(time.perf_counter() - started)
+        async with _answered(name, context):
+            response = await method(self, request, context)
+        return response
 
     return wrapper
 
@@ -83,30 +73,37 @@ def handled(
 def handled_stream(
     method: Callable[[S, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[R]],
 ) -> Callable[[S, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[R]]:
-    """Wrap a server-streaming method the same way (its duration is the stream's life)."""
+    """Wrap a streaming method the same way (its duration is the stream's life)."""
     name = method.__name__
 
     @functools.wraps(method)
     async def wrapper(
         self: S, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[R]:
-        started = time.perf_counter()
-        code = "OK"
-        try:
+        async with _answered(name, context):
             async for item in method(self, request, context):
                 yield item
-        except errors.JobQueueError as error:
-            code = status_code(error).name
-            await abort(context, error)
-        except Exception as error:
-            if _is_abort(error):
-                raise
-            code = "INTERNAL"
-            await abort(context, error)
-        finally:
-            metrics.GRPC_CALL_DURATION.labels(name, code).observe(time.perf_counter() - started)
 
     return wrapper
+
+
+@contextlib.asynccontextmanager
+async def _answered(name: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+    """Turn what the block raises into the call's status; time the block."""
+    started = time.perf_counter()
+    code = "OK"
+    try:
+        yield
+    except errors.JobQueueError as error:
+        code = status_code(error).name
+        await abort(context, error)
+    except Exception as error:
+        if _is_abort(error):
+            raise
+        code = "INTERNAL"
+        await abort(context, error)
+    finally:
+        metrics.GRPC_CALL_DURATION.labels(name, code).observe(time.perf_counter() - started)
 
 
 def _is_abort(error: Exception) -> bool:
