@@ -36,7 +36,7 @@ JOBS_SUBMITTED = Counter("jobqueue_jobs_submitted_total", "Jobs accepted by the 
 JOBS_FINISHED = Counter(
     "jobqueue_jobs_finished_total",
     "Job attempts that ended, by outcome (succeeded, failed, timed_out, cancelled, "
-    "dead_lettered, lease_expired).",
+    "dead_lettered, lease_expired, lost: its worker left or restarted without it).",
     ["queue", "outcome"],
 )
 QUEUE_JOBS = Gauge(

@@ -273,6 +273,12 @@ class Scheduler:
             session.in_flight.pop(attempt, None)
         if stop:
             session.commands.put_nowait(_cancel_command(stop, "no longer assigned to this worker"))
+        # Started attempts the worker did not name are lost (its process restarted): they
+        # go back now rather than when their leases expire.
+        for lost in await self.store.release_unheld(info.id, running):
+            session.in_flight.pop(AttemptRef(lost.job.id, _lost_attempt_number(lost)), None)
+            metrics.JOBS_FINISHED.labels(lost.job.queue, "lost").inc()
+            self.wake(lost.job.queue)
         self.sessions[info.id] = session
         if previous is not None:
             await self._resend_lost(session, known=queued | set(running))
@@ -391,6 +397,8 @@ class Scheduler:
         queue = session.info.queue if session else None
         if queue is not None:
             self._update_worker_gauges(queue)
+        for attempt in lost:
+            metrics.JOBS_FINISHED.labels(attempt.job.queue, "lost").inc()
         if lost:
             await self.announce(attempt.job.queue for attempt in lost)
         logger.info(

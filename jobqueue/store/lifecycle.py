@@ -382,6 +382,10 @@ def released_error(worker_id: str | None) -> str:
     return f"worker {worker_id} was released (deregistered or declared dead)"
 
 
+def unheld_error(worker_id: str | None) -> str:
+    return f"worker {worker_id} registered again without this attempt (it had restarted)"
+
+
 def time_out(
     job: Job,
     *,

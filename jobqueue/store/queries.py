@@ -251,6 +251,21 @@ ORDER BY jobs.id FOR UPDATE OF jobs
 """
 )
 
+# Lock the started attempts a worker no longer runs: it registered again without naming
+# them (its process restarted, say). Assigned attempts are left out: one may be on its way
+# to the worker down a stream this statement cannot see.
+LOCK_UNHELD_RUNNING: LiteralString = (
+    _WITH_BACKOFF
+    + """
+WHERE jobs.worker_id = %(worker_id)s AND jobs.state = 'running'
+  AND NOT EXISTS (
+    SELECT 1 FROM unnest(%(ids)b::uuid[], %(attempts)b::int[]) AS held(id, attempt)
+    WHERE held.id = jobs.id AND held.attempt = jobs.attempt
+  )
+ORDER BY jobs.id FOR UPDATE OF jobs
+"""
+)
+
 # Write the new state of locked jobs and record their events, in order, in one statement.
 APPLY_CHANGES: LiteralString = """
 WITH changed AS (

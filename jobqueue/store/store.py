@@ -754,6 +754,28 @@ class JobStore:
             timed_out=False,
         )
 
+    async def release_unheld(self, worker_id: str, held: Sequence[AttemptRef]) -> list[LostAttempt]:
+        """Return the started attempts of ``worker_id`` that are not in ``held``.
+
+        A worker that registers names every attempt it runs or still reports on, so a
+        started attempt it leaves out is lost: a new attempt at once, or dead-lettered when
+        attempts are spent, without waiting for the lease.
+        """
+        valid = [(key, ref.attempt) for ref in held if (key := _canonical_id(ref.job_id))]
+        params = {
+            "worker_id": worker_id,
+            "ids": [key for key, _ in valid],
+            "attempts": [attempt for _, attempt in valid],
+        }
+        return await self._recover(
+            queries.LOCK_UNHELD_RUNNING,
+            params,
+            lambda job, _backoff, now: lifecycle.lose(
+                job, lifecycle.unheld_error(job.worker_id), now, limits=self._limits
+            ),
+            timed_out=False,
+        )
+
     async def _recover(
         self,
         lock_query: LiteralString,

@@ -105,6 +105,7 @@ class Workers:
         queue: str = QUEUE,
         concurrency: int = 4,
         drain_grace_s: float = 10.0,
+        worker_id: str | None = None,
         extra: Sequence[str] = (),
     ) -> asyncio.subprocess.Process:
         index = len(self.processes)
@@ -126,7 +127,7 @@ class Workers:
             "--concurrency",
             str(concurrency),
             "--worker-id",
-            f"worker-{index}",
+            worker_id or f"worker-{index}",
             "--http-address",
             "",
             "--log-format",

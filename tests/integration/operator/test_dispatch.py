@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from collections import Counter
@@ -157,19 +158,7 @@ async def test_worker_killed_mid_job_is_rerun_elsewhere_and_recorded_once(
 ) -> None:
     marker = tmp_path / "runs"
     first = await workers.start(operator.port, concurrency=1)
-    spec = job_spec(
-        QUEUE,
-        command=[
-            *python(
-                "import pathlib, sys, time",
-                "marker = pathlib.Path(sys.argv[1])",
-                "first = not marker.exists()",
-                "marker.write_text(marker.read_text() + 'x' if marker.exists() else 'x')",
-                "time.sleep(60 if first else 0)",
-            ),
-            str(marker),
-        ],
-    )
+    spec = job_spec(QUEUE, command=[*_runs_once_then_hangs(), str(marker)])
     job = await operator.client.submit(spec)
     await wait_until_running(operator.client, job.id)
 
@@ -183,6 +172,36 @@ async def test_worker_killed_mid_job_is_rerun_elsewhere_and_recorded_once(
     assert final.worker_id == "worker-1"
     assert marker.read_text() == "xx"
     assert Counter(await event_kinds(operator.client, job.id))["SUCCEEDED"] == 1
+
+
+async def test_a_worker_restarted_under_its_name_gets_its_lost_job_back_before_the_lease_ends(
+    database_url: str, redis_url: str, kafka: KafkaTarget, workers: Workers, tmp_path: Path
+) -> None:
+    # A lease far longer than the wait below: only the new registration can free the job.
+    settings = operator_settings(database_url, redis_url, kafka, free_port(), lease_s=300.0)
+    marker = tmp_path / "runs"
+    async with operator_running(settings) as operator:
+        await create_queue(operator.parts.store)
+        first = await workers.start(operator.port, concurrency=1, worker_id="pod-0")
+        spec = job_spec(QUEUE, command=[*_runs_once_then_hangs(), str(marker)])
+        job = await operator.client.submit(spec)
+        await wait_until_running(operator.client, job.id)
+
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+        await workers.start(operator.port, concurrency=1, worker_id="pod-0")
+        final = await operator.client.wait(job.id, timeout_s=60)
+
+        assert final.state == SUCCEEDED
+        assert final.attempt == 2
+        assert marker.read_text() == "xx"
+        failed = [
+            json.loads(event.data_json)
+            for event in await operator.client.events(job.id)
+            if event.kind == KIND.Value("JOB_EVENT_KIND_FAILED")
+        ]
+        assert len(failed) == 1
+        assert "registered again without this attempt" in failed[0]["error"]
 
 
 async def test_operator_restart_loses_and_doubles_nothing(
@@ -341,3 +360,14 @@ async def test_a_bad_report_batch_is_refused_alone_and_the_stream_goes_on(
     assert (unknown.id, unknown.error_code) == (2, grpc.StatusCode.NOT_FOUND.value[0])
     assert "nobody" in unknown.error_message
     assert (await operator.client.get(job.id)).state == PENDING  # the bad batch changed nothing
+
+
+def _runs_once_then_hangs() -> list[str]:
+    """A command that adds an x to the file it is given, and hangs the first time only."""
+    return python(
+        "import pathlib, sys, time",
+        "marker = pathlib.Path(sys.argv[1])",
+        "first = not marker.exists()",
+        "marker.write_text(marker.read_text() + 'x' if marker.exists() else 'x')",
+        "time.sleep(60 if first else 0)",
+    )

@@ -246,3 +246,42 @@ async def test_a_lost_assignment_whose_job_moved_on_frees_its_slot(store: JobSto
 
     assert assigned_ids(again) == []
     assert again.in_flight == {}
+
+
+async def test_a_started_attempt_the_worker_no_longer_names_goes_back_at_once(
+    store: JobStore,
+) -> None:
+    scheduler = Scheduler(store, operator_id="test")
+    first = await connected(scheduler, slots=2)
+    await submit(scheduler)
+    await scheduler.dispatch_once()
+    assigned_ids(first)  # it went down the stream, and the worker started it
+    (attempt,) = first.in_flight
+    assert all(outcome.accepted for outcome in await scheduler.started("w", [attempt]))
+
+    # The worker's process restarted: it registers again running nothing.
+    again = await scheduler.register(WorkerInfo("w", QUEUE, concurrency=2), [])
+
+    assert again.in_flight == {}
+    job = await store.get(attempt.job_id)
+    assert job.state is JobState.PENDING
+    assert "registered again without this attempt" in (job.last_error or "")
+    again.streaming = True
+    assert await scheduler.dispatch_once() == 1
+    assert assigned_ids(again) == [attempt.job_id]
+    assert [ref.attempt for ref in again.in_flight] == [2]
+
+
+async def test_a_started_attempt_the_worker_names_keeps_its_slot(store: JobStore) -> None:
+    scheduler = Scheduler(store, operator_id="test")
+    first = await connected(scheduler, slots=2)
+    await submit(scheduler)
+    await scheduler.dispatch_once()
+    assigned_ids(first)
+    (attempt,) = first.in_flight
+    await scheduler.started("w", [attempt])
+
+    again = await scheduler.register(WorkerInfo("w", QUEUE, concurrency=2), [attempt])
+
+    assert list(again.in_flight) == [attempt]
+    assert (await store.get(attempt.job_id)).state is JobState.RUNNING

@@ -129,3 +129,32 @@ async def test_release_worker_returns_its_jobs(store: JobStore) -> None:
     assert {attempt.job.state for attempt in lost} == {JobState.PENDING}
     assert (await store.get(theirs.id)).state is JobState.ASSIGNED
     assert await store.release_worker("w1") == []
+
+
+async def test_release_unheld_returns_only_started_attempts_the_worker_left_out(
+    store: JobStore,
+) -> None:
+    await store.apply_queue(policy())
+    await store.submit_batch([command(), command(), command(), command()])
+    kept, dropped, waiting = await store.claim("default", ["w1", "w1", "w1"], lease_s=30)
+    (theirs,) = await store.claim("default", ["w2"], lease_s=30)
+    started = [AttemptRef(job.id, 1) for job in (kept, dropped)]
+    await store.report_started("w1", started, lease_s=30)
+    await store.report_started("w2", [AttemptRef(theirs.id, 1)], lease_s=30)
+
+    (lost,) = await store.release_unheld("w1", [AttemptRef(kept.id, 1)])
+
+    assert lost.job.id == dropped.id
+    assert lost.worker_id == "w1"
+    assert lost.job.state is JobState.PENDING
+    assert lost.job.last_error == (
+        "worker w1 registered again without this attempt (it had restarted)"
+    )
+    assert (await store.get(kept.id)).state is JobState.RUNNING
+    # Not started: it may still be on its way to the worker.
+    assert (await store.get(waiting.id)).state is JobState.ASSIGNED
+    assert (await store.get(theirs.id)).state is JobState.RUNNING
+    failed = (await store.events(dropped.id))[-1]
+    assert failed.kind is EventKind.FAILED
+    assert failed.attempt == 1
+    assert await store.release_unheld("w1", [AttemptRef(kept.id, 1)]) == []
