@@ -21,6 +21,7 @@ events may be marked published) are tested without a broker.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Collection, Sequence
@@ -126,6 +127,20 @@ def message_of(prefix: str, event: RenderedEvent) -> KafkaMessage:
         value=event.value.encode(),
         headers=(("event-kind", event.kind.encode()), ("event-id", str(event.id).encode())),
     )
+
+
+def stub_of(prefix: str, event: RenderedEvent, refusal: str) -> KafkaMessage:
+    """The message sent in place of an event the broker refused for good (too large, say).
+
+    It is the event's document with an empty ``data`` and a ``data_omitted`` that says
+    why, so consumers still see the change of state; the whole event stays in PostgreSQL,
+    where ``JobService.Events`` reads it.
+    """
+    document = json.loads(event.value)
+    document["data"] = {}
+    document["data_omitted"] = f"Kafka refused the whole event: {refusal}"
+    stub = dataclasses.replace(event, value=_ENCODER.encode(document))
+    return message_of(prefix, stub)
 
 
 def encode_event(prefix: str, event: OutboxEvent) -> KafkaMessage:

@@ -21,3 +21,10 @@ OUTBOX_PUBLISHED = Counter(
     "jobqueue_outbox_published_total",
     "Job events acknowledged by Kafka and marked published.",
 )
+OUTBOX_REFUSED = Counter(
+    "jobqueue_outbox_refused_total",
+    "Job events Kafka refused for good (too large for the topic, say), by what the relay did "
+    "instead: sent them without their data (stub), or, refused that way too, skipped them "
+    "(skipped). Either way the whole event stays in PostgreSQL.",
+    ["outcome"],
+)

@@ -28,6 +28,14 @@ While the broker is down the producer holds the batch (no message timeout) and t
 waits; the progress does not move, nothing is dropped, and the batch goes out when the
 broker is back. The outage is logged once, by the sender.
 
+An event the broker refuses for good (larger than the topic's ``max.message.bytes``, say)
+would be refused every cycle and hold back all the events after it. The relay sends it
+again alone (the broker judges whole batches), then, refused again, a stub in its place:
+the same document with an empty ``data`` and a ``data_omitted`` saying why; a stub refused
+for good too is skipped. Stubs and skips are logged as errors and counted
+(``jobqueue_outbox_refused_total``); the whole event stays in PostgreSQL. Other refusals (a
+missing topic, a denied write) are sent again until someone fixes their cause.
+
 Only one relay runs at a time across operator replicas: it holds a PostgreSQL session
 advisory lock (``OUTBOX_LOCK_KEY``) on its own connection and does all its reads and
 updates on that connection, so losing the connection loses the lock and stops the relay
@@ -58,8 +66,14 @@ from confluent_kafka import KafkaError
 from jobqueue.config import KafkaSettings
 from jobqueue.errors import ConfigError, JobQueueError, PermanentError, UnavailableError
 from jobqueue.events.kafka import KafkaSender, ensure_topics
-from jobqueue.events.messages import Position, RenderedEvent, acknowledged_prefix, message_of
-from jobqueue.events.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
+from jobqueue.events.messages import (
+    Position,
+    RenderedEvent,
+    acknowledged_prefix,
+    message_of,
+    stub_of,
+)
+from jobqueue.events.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED, OUTBOX_REFUSED
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +129,18 @@ _TOPIC_RETRY_S = 30.0  # seconds between attempts to create the topics while tha
 _TOPIC_TIMEOUT_S = 5.0  # seconds one attempt may take (the relay waits for it)
 _BACKLOG_INTERVAL_S = 5.0  # seconds between two counts of the backlog
 _FAILURE_WARNING_INTERVAL_S = 60.0  # seconds between two warnings about refused events
+
+# Delivery errors that sending the same message again cannot cure. Anything else (the
+# broker away, a missing topic, a denied write) is sent again until it passes: those are
+# fixed outside, and the event must not be lost meanwhile.
+_REFUSED_FOR_GOOD = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG_SIZE,
+    }
+)
 
 
 @contextlib.contextmanager
@@ -347,16 +373,64 @@ class OutboxRelay:
             )
             return 0.0
         if failures:
+            refused = events[done] if done < len(events) else None
+            error = failures.get(refused.id) if refused else None
+            if refused and error and error.code() in _REFUSED_FOR_GOOD:
+                await self._replace_refused(outbox, sender, stop, refused, error)
+                return 0.0
             self._report_failures(failures, len(events), len(events) - done)
             return self.retry_delay_s
         return 0.0 if len(events) == self.batch_size else self.idle_interval_s
+
+    async def _replace_refused(
+        self,
+        outbox: _Outbox,
+        sender: KafkaSender,
+        stop: asyncio.Event,
+        event: RenderedEvent,
+        error: KafkaError,
+    ) -> None:
+        """Get past an event the broker refused for good; see the module docstring.
+
+        It is sent again alone first: the broker judges a whole batch, so a small event
+        can be refused for the company it kept. Refused alone too, a stub goes in its place
+        (``stub_of``); a stub refused for good is skipped. Whatever this batch delivered
+        after it is sent again behind it, as after any gap.
+        """
+        tries = (
+            ("alone", message_of(self._prefix, event)),
+            ("stub", stub_of(self._prefix, event, error.str())),
+        )
+        outcome = "skipped"
+        for name, message in tries:
+            sender.send([(event.id, message)])
+            await self._wait_for_deliveries(sender, stop)
+            if event.id in sender.acknowledged:
+                outcome = name
+                break
+            failure = sender.failures.get(event.id)
+            if failure is None or failure.code() not in _REFUSED_FOR_GOOD:
+                return  # not delivered for a reason that may pass: the next cycle tries again
+        if outcome != "alone":
+            logger.error(
+                "Kafka refused job event %d (%s, job %s) for good: %s; %s. The whole event "
+                "stays in PostgreSQL (JobService.Events)",
+                event.id, event.kind, event.job_id, error.str(),
+                "it was sent without its data" if outcome == "stub" else "it is skipped",
+                extra={"job_id": event.job_id},
+            )  # fmt: skip
+            OUTBOX_REFUSED.labels(outcome).inc()
+        reached = Position(event.xid, event.id)
+        await outbox.advance(reached, self._now())
+        self._position = reached
+        if outcome != "skipped":
+            OUTBOX_PUBLISHED.inc()
+            self.published += 1
 
     def _report_failures(
         self, failures: Mapping[int, KafkaError], batch: int, unmarked: int
     ) -> None:
         """A WARNING at most once a minute: an event Kafka always refuses fails every cycle."""
-        # TODO: an event the broker refuses for good (too large, say) is resent forever and
-        # holds back every later event; it needs a dead-letter path of its own.
         event_id, error = next(iter(failures.items()))
         warn = time.monotonic() >= self._next_failure_warning
         (logger.warning if warn else logger.debug)(

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Message
+from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import REGISTRY
 
 from jobqueue.config import KafkaSettings
 from jobqueue.devenv import Environment
@@ -280,6 +282,69 @@ async def test_the_relay_sends_the_document_encode_event_defines(
         assert message.topic == expected.topic
         assert message.job_id.encode() == expected.key
         assert tuple(message.headers.items()) == expected.headers
+
+
+def _create_topic(kafka: KafkaTarget, topic: str, max_message_bytes: int) -> None:
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    config = {"max.message.bytes": str(max_message_bytes)}
+    (created,) = admin.create_topics([NewTopic(topic, 1, 1, config=config)]).values()
+    created.result(timeout=30)
+
+
+def _refused(outcome: str) -> float:
+    return REGISTRY.get_sample_value("jobqueue_outbox_refused_total", {"outcome": outcome}) or 0.0
+
+
+async def test_an_event_kafka_refuses_for_good_goes_as_a_stub_and_holds_nothing_back(
+    database_url: str, kafka: KafkaTarget
+) -> None:
+    # Failed events may be 1000 bytes, cancelled ones 100: not even a stub fits in that.
+    prefix = kafka.topic_prefix
+    await asyncio.to_thread(_create_topic, kafka, topic_for(prefix, "failed"), 1000)
+    await asyncio.to_thread(_create_topic, kafka, topic_for(prefix, "cancelled"), 100)
+    big, small = new_jobs(2)
+    rows = [
+        (big, "submitted", {"step": "submitted"}),
+        (big, "failed", {"error": "x" * 5000}),
+        (small, "failed", {"error": "short"}),
+        (big, "cancelled", {"reason": "no room for this one"}),
+        (big, "succeeded", {"step": "succeeded"}),
+    ]
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as connection:
+        ids = []
+        for job_id, kind, data in rows:
+            cursor = await connection.execute(
+                "INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at, data)"
+                " VALUES (%s, 'emails', %s, 1, now(), %s::jsonb) RETURNING id",
+                (job_id, kind, json.dumps(data)),
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            ids.append(row[0])
+    submitted, refused, fine, skipped, succeeded = ids
+    stubs, skips = _refused("stub"), _refused("skipped")
+    relay = make_relay(database_url, kafka)
+
+    async with running(relay):
+
+        async def all_past() -> bool:
+            return await published_ids(database_url) == set(ids)
+
+        await _wait_for(all_past, 60, "the relay to move past every event")
+
+    delivered = {submitted, refused, fine, succeeded}
+    received = await asyncio.to_thread(consume, kafka, delivered)
+    by_id = {message.event_id: message for message in received}
+    assert set(by_id) == delivered  # the skipped one never arrives
+    stub = by_id[refused].document
+    assert stub["data"] == {}
+    assert "Kafka refused the whole event" in str(stub["data_omitted"])
+    assert (stub["job_id"], stub["kind"], stub["attempt"]) == (big, "failed", 1)
+    assert by_id[fine].document["data"] == {"error": "short"}
+    assert by_id[succeeded].document["data"] == {"step": "succeeded"}
+    assert relay.published == 4
+    assert (_refused("stub") - stubs, _refused("skipped") - skips) == (1.0, 1.0)
+    assert skipped not in by_id
 
 
 async def test_an_event_of_an_older_transaction_committed_later_is_not_skipped(

@@ -11,11 +11,13 @@ from jobqueue.errors import InvalidInputError
 from jobqueue.events import (
     EVENT_KINDS,
     OutboxEvent,
+    RenderedEvent,
     acknowledged_prefix,
     all_topics,
     encode_event,
     topic_for,
 )
+from jobqueue.events.messages import stub_of
 
 _MOMENT = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
 
@@ -72,6 +74,21 @@ def test_message_is_keyed_by_job_and_carries_the_event_as_json() -> None:
         "data": {"error": "exit status 3 — «bad»", "retry_at": None},
     }
     assert message.headers == (("event-kind", b"failed"), ("event-id", b"42"))
+
+
+def test_a_stub_is_the_event_without_its_data_saying_why() -> None:
+    event = OutboxEvent(7, "job-1", "emails", "failed", 2, _MOMENT, {"error": "x" * 5000})
+    full = encode_event("jobqueue.", event)
+    rendered = RenderedEvent(7, "job-1", "failed", full.value.decode(), xid="42")
+
+    stub = stub_of("jobqueue.", rendered, "Broker: Message size too large")
+
+    document = json.loads(stub.value)
+    assert document == json.loads(full.value) | {
+        "data": {},
+        "data_omitted": "Kafka refused the whole event: Broker: Message size too large",
+    }
+    assert (stub.topic, stub.key, stub.headers) == (full.topic, full.key, full.headers)
 
 
 def test_event_time_is_written_in_utc_whatever_its_zone() -> None:
