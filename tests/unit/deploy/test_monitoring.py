@@ -37,6 +37,7 @@ EXPECTED_ALERTS = {
     "JobQueueDeadLettersRising",
     "JobQueueNoConnectedWorkers",
     "JobQueueOutboxBacklog",
+    "JobQueueEventsRefusedByKafka",
     "JobQueueOperatorDown",
     "JobQueueAccessChecksFailing",
 }
