@@ -22,10 +22,6 @@ COPY pyproject.toml README.md ./
 COPY jobqueue ./jobqueue
 RUN /opt/jobqueue/bin/pip install --no-compile . \
     && /opt/jobqueue/bin/python -m compileall -q /opt/jobqueue/lib
-# The migrations are read from the directory jobqueue.store.migrations resolves next to the
-# installed package (site-packages/db/migrations) until they ship inside the wheel; see the
-# TODO there.
-COPY db/migrations /opt/jobqueue/lib/python3.11/site-packages/db/migrations
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="jobqueue" \

@@ -2,7 +2,7 @@
 
 ``model`` holds the values, ``lifecycle`` the state machine and validation (pure),
 ``queries`` the SQL, ``store`` the ``JobStore`` that runs it, and ``migrations`` the
-runner that applies ``db/migrations/``. Everything a caller needs is re-exported here.
+runner that applies ``schema/``. Everything a caller needs is re-exported here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Apply the SQL migrations in ``db/migrations/`` to a database, once each, in order.
+"""Apply the SQL migrations in ``jobqueue/store/schema/`` to a database, once each, in order.
 
 Files are named ``V<n>__<what>.sql`` and applied by ascending ``n``. Each one runs in a
 transaction of its own and is recorded in ``schema_migrations`` (version, name, sha256 of
@@ -29,11 +29,9 @@ from jobqueue.errors import PermanentError
 
 logger = logging.getLogger(__name__)
 
-# TODO: ship db/migrations inside the wheel (package data, read with importlib.resources)
-# and look there first. Risk: an installed package (a container image built from the
-# wheel) has no repository around it, so this default path does not exist and the
-# operator cannot migrate its database unless given an explicit directory.
-DEFAULT_DIRECTORY = Path(__file__).resolve().parents[2] / "db" / "migrations"
+# The migrations ship inside the package (package data, see pyproject.toml), so an
+# installed wheel or a container image finds them where a checkout does.
+DEFAULT_DIRECTORY = Path(__file__).resolve().parent / "schema"
 
 # The advisory lock every runner takes: the bytes of "jobqmig" read as a big-endian
 # integer. Advisory lock keys are global to the database cluster's database, so the

@@ -132,7 +132,7 @@ def test_build_stage_installs_the_package_from_the_repository(stages: list[Stage
     assert re.search(r"pip install (--\S+ )*\.(\s|$)", run), run
 
 
-def test_runtime_stages_copy_no_build_context_but_the_migrations(stages: list[Stage]) -> None:
+def test_runtime_stages_copy_no_build_context(stages: list[Stage]) -> None:
     # Only the build stage sees source; the runtime gets the finished virtualenv.
     for stage in stages:
         if stage.name in ("runtime", "operator", "worker"):
