@@ -47,6 +47,10 @@ PRODUCER_SETTINGS: Mapping[str, Any] = {
     # rather than failing and being produced again behind their successors.
     "message.timeout.ms": 0,
     "linger.ms": 5,  # batch what is produced within 5 ms into one request
+    # Report failures only: a Python callback per delivered message costs more than the
+    # rest of relaying it. What was sent and not reported failed was delivered, once
+    # nothing is outstanding (see KafkaSender.acknowledged).
+    "delivery.report.only.error": True,
     "log.connection.close": False,  # brokers close idle connections; that is no news
 }
 
@@ -164,7 +168,7 @@ class KafkaSender:
             self._producer = Producer(config)
         except KafkaException as exception:
             raise wrap_kafka_error(exception.args[0], "creating the producer") from exception
-        self._acknowledged: set[int] = set()
+        self._sent: list[int] = []
         self._failures: dict[int, KafkaError] = {}
         self._outage_since: float | None = None  # time.monotonic() of the first error
         self.fatal_error: KafkaError | None = None
@@ -175,7 +179,14 @@ class KafkaSender:
 
     @property
     def acknowledged(self) -> frozenset[int]:
-        return frozenset(self._acknowledged)
+        """The events of the last ``send`` the broker confirmed.
+
+        Only failures are reported, so this is what was sent less what failed; and only
+        once nothing is outstanding: until then no event counts as confirmed.
+        """
+        if len(self._producer):
+            return frozenset()
+        return frozenset(self._sent).difference(self._failures)
 
     @property
     def failures(self) -> Mapping[int, KafkaError]:
@@ -183,13 +194,14 @@ class KafkaSender:
 
     def send(self, messages: Sequence[tuple[int, KafkaMessage]]) -> None:
         """Produce ``(event_id, message)`` pairs in order. Blocks while the local queue is full."""
-        self._acknowledged.clear()
+        self._sent = [event_id for event_id, _ in messages]
         self._failures.clear()
         for event_id, message in messages:
             self._produce(event_id, message)
 
     def _produce(self, event_id: int, message: KafkaMessage) -> None:
-        report = functools.partial(self._on_delivery, event_id, message.topic)
+        # Bound per message: a delivery report does not carry the message's headers.
+        report = functools.partial(self._on_failure, event_id, message.topic)
         while True:
             try:
                 self._producer.produce(
@@ -205,12 +217,15 @@ class KafkaSender:
                 self._producer.poll(0.1)
             except KafkaException as exception:
                 # Refused before it left (too large, say): a failed delivery of this event.
-                self._on_delivery(event_id, message.topic, exception.args[0], None)
+                self._failed(event_id, message.topic, exception.args[0])
                 return
 
     def wait(self, timeout_s: float) -> int:
         """Serve delivery reports for up to ``timeout_s``; return how many are outstanding."""
-        return self._producer.flush(timeout_s)
+        outstanding = self._producer.flush(timeout_s)
+        if not outstanding and len(self._failures) < len(self._sent):
+            self._end_outage()  # something got through
+        return outstanding
 
     def serve(self) -> None:
         """Serve pending callbacks without waiting (safe to call on the event loop)."""
@@ -230,13 +245,14 @@ class KafkaSender:
         self.abandon()
         self._producer.close()
 
-    def _on_delivery(
+    def _on_failure(
         self, event_id: int, topic: str, error: KafkaError | None, _message: Message | None
     ) -> None:
-        if error is None:
-            self._acknowledged.add(event_id)
-            self._end_outage()
-            return
+        """librdkafka's delivery report, made for failed messages only (see the settings)."""
+        if error is not None:
+            self._failed(event_id, topic, error)
+
+    def _failed(self, event_id: int, topic: str, error: KafkaError) -> None:
         self._failures[event_id] = error
         if error.code() not in _PURGE_CODES:  # purged by us on shutdown: not the broker's doing
             KAFKA_DELIVERY_ERRORS.labels(topic=topic).inc()
