@@ -90,12 +90,12 @@ def test_migrations_create_the_schema_on_an_empty_database(empty_database: str) 
     )
     predicates = _partial_index_predicates(empty_database)
     assert "'pending'" in predicates["jobs_ready"]
-    assert "'assigned'" in predicates["jobs_leases"]
-    assert "'running'" in predicates["jobs_leases"]
     assert "'failed'" in predicates["jobs_retries"]
     assert "'succeeded'" in predicates["jobs_finished"]
     assert "'dead_lettered'" in predicates["jobs_finished"]
+    assert "'assigned'" in predicates["jobs_in_flight"]
     assert "'running'" in predicates["jobs_in_flight"]
+    assert "jobs_leases" not in predicates  # V5: jobs_in_flight serves lease recovery
     assert "IS NOT NULL" in predicates["jobs_idempotency"]
     assert "labels <> " in predicates["jobs_labels"]
 
