@@ -80,6 +80,9 @@ from jobqueue.store.model import (
 
 logger = logging.getLogger(__name__)
 
+# How a recovery settles one locked attempt: its job, its queue's backoff, the time.
+Decision = Callable[[Job, Backoff, datetime], Change]
+
 Connection = AsyncConnection[DictRow]
 
 # How many jobs one transaction of cancel_unfinished handles: bounded, so a queue with a
@@ -724,9 +727,7 @@ class JobStore:
         return await self._recover(
             queries.LOCK_EXPIRED_LEASES,
             params,
-            lambda job, _backoff, now: lifecycle.lose(
-                job, lifecycle.lease_expired_error(job.worker_id), now, limits=self._limits
-            ),
+            self._losing(lifecycle.lease_expired_error),
             timed_out=False,
         )
 
@@ -748,9 +749,7 @@ class JobStore:
         return await self._recover(
             queries.LOCK_WORKER_ATTEMPTS,
             {"worker_id": worker_id},
-            lambda job, _backoff, now: lifecycle.lose(
-                job, lifecycle.released_error(job.worker_id), now, limits=self._limits
-            ),
+            self._losing(lifecycle.released_error),
             timed_out=False,
         )
 
@@ -770,17 +769,21 @@ class JobStore:
         return await self._recover(
             queries.LOCK_UNHELD_RUNNING,
             params,
-            lambda job, _backoff, now: lifecycle.lose(
-                job, lifecycle.unheld_error(job.worker_id), now, limits=self._limits
-            ),
+            self._losing(lifecycle.unheld_error),
             timed_out=False,
+        )
+
+    def _losing(self, error_of: Callable[[str | None], str]) -> Decision:
+        """Decide that an attempt was lost, with the error ``error_of`` its worker's id."""
+        return lambda job, _backoff, now: lifecycle.lose(
+            job, error_of(job.worker_id), now, limits=self._limits
         )
 
     async def _recover(
         self,
         lock_query: LiteralString,
         params: Mapping[str, Any],
-        decide: Callable[[Job, Backoff, datetime], Change],
+        decide: Decision,
         *,
         timed_out: bool,
     ) -> list[LostAttempt]:
