@@ -200,7 +200,7 @@ class KafkaSender:
             self._produce(event_id, message)
 
     def _produce(self, event_id: int, message: KafkaMessage) -> None:
-        # Bound per message: a delivery report does not carry the message's headers.
+        # Bound per message, so a failure names its event without reading the report.
         report = functools.partial(self._on_failure, event_id, message.topic)
         while True:
             try:
