@@ -85,6 +85,9 @@ Decision = Callable[[Job, Backoff, datetime], Change]
 
 Connection = AsyncConnection[DictRow]
 
+# How many finished jobs one transaction of delete_queue deletes.
+_DELETE_CHUNK = 5000
+
 # How many jobs one transaction of cancel_unfinished handles: bounded, so a queue with a
 # million pending jobs does not hold a million row locks at once.
 _CANCEL_CHUNK = 1000
@@ -284,31 +287,45 @@ class JobStore:
             for job, change in zip(jobs, changes, strict=True)
         ]
 
-    async def delete_queue(self, name: str) -> None:
+    async def delete_queue(self, name: str, chunk: int = _DELETE_CHUNK) -> None:
         """Delete a queue and its finished jobs; ConflictError while unfinished jobs remain.
+
+        The finished jobs go ``chunk`` per transaction first, so a queue that retains
+        millions is not deleted in one long transaction holding a lock per row; the last
+        transaction locks the queue, checks again that nothing is unfinished, and deletes
+        what is left and the queue. Refused at the start, nothing is deleted; refused at
+        the end (a job submitted meanwhile is unfinished), the queue and that job stay.
 
         Events the relay has not published yet stay (they have no foreign key) and are
         published as usual.
         """
-        # TODO: delete a large queue's finished jobs in bounded batches first. Risk: a
-        # queue with millions of retained jobs is deleted in one long transaction that
-        # holds many locks and bloats the WAL.
+        self._refuse_unfinished(name, await self.unfinished_count(name))
+        deleted = chunk
+        while deleted == chunk:
+            async with self._connection() as connection:
+                cursor = await connection.execute(
+                    queries.DELETE_QUEUE_FINISHED_CHUNK, {"name": name, "limit": chunk}
+                )
+                deleted = cursor.rowcount
         async with self._connection() as connection, connection.transaction():
             cursor = await connection.execute(queries.LOCK_QUEUE_FOR_DELETE, {"name": name})
             if await cursor.fetchone() is None:
                 raise NotFoundError(f"unknown queue {name!r}")
             cursor = await connection.execute(queries.COUNT_UNFINISHED, {"name": name})
             row = await cursor.fetchone()
-            unfinished = int(row["unfinished"]) if row else 0
-            if unfinished:
-                raise ConflictError(
-                    f"queue {name} still has {unfinished} unfinished jobs; cancel them or"
-                    " wait for them to finish before deleting it"
-                )
+            self._refuse_unfinished(name, int(row["unfinished"]) if row else 0)
             await cursor.execute(queries.DELETE_QUEUE_PUBLISHED_EVENTS, {"name": name})
             await cursor.execute(queries.DELETE_QUEUE_JOBS, {"name": name})
             await cursor.execute(queries.DELETE_QUEUE, {"name": name})
         logger.info("Deleted queue %s.", name, extra={"queue": name})
+
+    @staticmethod
+    def _refuse_unfinished(name: str, unfinished: int) -> None:
+        if unfinished:
+            raise ConflictError(
+                f"queue {name} still has {unfinished} unfinished jobs; cancel them or"
+                " wait for them to finish before deleting it"
+            )
 
     # Jobs -----------------------------------------------------------------------------
 

@@ -243,6 +243,7 @@ async def test_delete_queue_refused_while_unfinished_then_removes_finished(
 
     with pytest.raises(ConflictError, match="1 unfinished"):
         await store.delete_queue("default")
+    assert table_count(database, "jobs") == 3  # refused: nothing was deleted
 
     (cancelled,) = await store.cancel_unfinished("default", reason="queue deleted")
     assert cancelled.job.id == pending
@@ -253,6 +254,22 @@ async def test_delete_queue_refused_while_unfinished_then_removes_finished(
     assert table_count(database, "queues") == 0
     with pytest.raises(NotFoundError):
         await store.delete_queue("default")
+
+
+async def test_delete_queue_deletes_finished_jobs_in_chunks_and_keeps_unpublished_events(
+    store: JobStore, database: psycopg.Connection[Any]
+) -> None:
+    await store.apply_queue(policy())
+    await _finish(store, 5)
+    _publish_all(database)
+    late = await _finish(store, 3)  # their events are not published yet
+
+    await store.delete_queue("default", chunk=3)  # chunks of three, three and two
+
+    assert table_count(database, "jobs") == 0
+    assert table_count(database, "queues") == 0
+    rows = database.execute("SELECT DISTINCT job_id::text FROM job_events").fetchall()
+    assert sorted(row[0] for row in rows) == sorted(late)  # left for the relay
 
 
 # Workers --------------------------------------------------------------------------------
