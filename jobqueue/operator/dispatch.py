@@ -279,9 +279,15 @@ class Scheduler:
             session.in_flight.pop(AttemptRef(lost.job.id, _lost_attempt_number(lost)), None)
             metrics.JOBS_FINISHED.labels(lost.job.queue, "lost").inc()
             self.wake(lost.job.queue)
+        # A worker new to this replica (another one failed, or this one restarted) may have
+        # lost assignments pushed by the last; it is sent whatever is assigned to it and
+        # not named. Read before the session exists, so no claim of ours can be among them.
+        pushed_elsewhere = [] if previous else await self.store.unheld_assigned(info.id, running)
         self.sessions[info.id] = session
         if previous is not None:
             await self._resend_lost(session, known=queued | set(running))
+        elif pushed_elsewhere:
+            self._resend(session, pushed_elsewhere)
         self._update_worker_gauges(info.queue)
         logger.info(
             "Worker %s registered for queue %s with %d slots.",
@@ -317,13 +323,16 @@ class Scheduler:
                 # A started attempt the worker no longer runs is its lease's to settle.
                 session.in_flight.pop(attempt, None)
         if resend:
-            logger.info(
-                "Sending %d assignment(s) again to worker %s: its old stream lost them.",
-                len(resend),
-                session.info.id,
-                extra={"worker_id": session.info.id, "queue": session.info.queue},
-            )
-            self._push(resend)
+            self._resend(session, resend)
+
+    def _resend(self, session: WorkerSession, jobs: Sequence[Job]) -> None:
+        logger.info(
+            "Sending %d assignment(s) again to worker %s: its old stream lost them.",
+            len(jobs),
+            session.info.id,
+            extra={"worker_id": session.info.id, "queue": session.info.queue},
+        )
+        self._push(jobs)
 
     def session(self, worker_id: str) -> WorkerSession:
         session = self.sessions.get(worker_id)

@@ -284,6 +284,17 @@ ORDER BY jobs.id FOR UPDATE OF jobs
 """
 )
 
+# The attempts assigned to a worker that it did not name when it registered: sent to it
+# down a stream that died before they arrived (see Scheduler.register).
+SELECT_UNHELD_ASSIGNED: LiteralString = """
+SELECT * FROM jobs
+WHERE worker_id = %(worker_id)s AND state = 'assigned'
+  AND NOT EXISTS (
+    SELECT 1 FROM unnest(%(ids)b::uuid[], %(attempts)b::int[]) AS held(id, attempt)
+    WHERE held.id = jobs.id AND held.attempt = jobs.attempt
+  )
+"""
+
 # Write the new state of locked jobs and record their events, in order, in one statement.
 APPLY_CHANGES: LiteralString = """
 WITH changed AS (

@@ -777,18 +777,20 @@ class JobStore:
         started attempt it leaves out is lost: a new attempt at once, or dead-lettered when
         attempts are spent, without waiting for the lease.
         """
-        valid = [(key, ref.attempt) for ref in held if (key := _canonical_id(ref.job_id))]
-        params = {
-            "worker_id": worker_id,
-            "ids": [key for key, _ in valid],
-            "attempts": [attempt for _, attempt in valid],
-        }
         return await self._recover(
             queries.LOCK_UNHELD_RUNNING,
-            params,
+            _held_params(worker_id, held),
             self._losing(lifecycle.unheld_error),
             timed_out=False,
         )
+
+    async def unheld_assigned(self, worker_id: str, held: Sequence[AttemptRef]) -> list[Job]:
+        """The attempts assigned to ``worker_id`` and not in ``held``, not started yet."""
+        async with self._connection() as connection:
+            cursor = await connection.execute(
+                queries.SELECT_UNHELD_ASSIGNED, _held_params(worker_id, held)
+            )
+            return [_job_from_row(row) for row in await cursor.fetchall()]
 
     def _losing(self, error_of: Callable[[str | None], str]) -> Decision:
         """Decide that an attempt was lost, with the error ``error_of`` its worker's id."""
@@ -957,6 +959,16 @@ async def _lock_one(connection: Connection, job_id: str) -> tuple[Job, AsyncCurs
 
 # A UUID already spelled as the database spells it (what workers send back): no parsing.
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _held_params(worker_id: str, held: Sequence[AttemptRef]) -> dict[str, Any]:
+    """A worker and the attempts it holds, as SELECT_UNHELD_ASSIGNED and its kin take them."""
+    valid = [(key, ref.attempt) for ref in held if (key := _canonical_id(ref.job_id))]
+    return {
+        "worker_id": worker_id,
+        "ids": [key for key, _ in valid],
+        "attempts": [attempt for _, attempt in valid],
+    }
 
 
 def _canonical_id(job_id: str) -> str | None:

@@ -285,3 +285,34 @@ async def test_a_started_attempt_the_worker_names_keeps_its_slot(store: JobStore
 
     assert list(again.in_flight) == [attempt]
     assert (await store.get(attempt.job_id)).state is JobState.RUNNING
+
+
+async def test_a_worker_that_moves_replica_gets_what_the_last_one_sent_it_in_vain(
+    store: JobStore,
+) -> None:
+    failed = Scheduler(store, operator_id="failed")
+    await connected(failed, slots=2)
+    await submit(failed)
+    await failed.dispatch_once()  # pushed down a stream that then died with its replica
+    (sent,) = failed.sessions["w"].in_flight
+
+    other = Scheduler(store, operator_id="other")
+    moved = await other.register(WorkerInfo("w", QUEUE, concurrency=2), [])
+
+    assert assigned_ids(moved) == [sent.job_id]
+    assert list(moved.in_flight) == [sent]  # the same attempt: nothing was lost
+    assert (await store.get(sent.job_id)).state is JobState.ASSIGNED
+
+
+async def test_a_worker_that_moves_replica_is_not_sent_what_it_runs(store: JobStore) -> None:
+    failed = Scheduler(store, operator_id="failed")
+    await connected(failed, slots=2)
+    await submit(failed)
+    await failed.dispatch_once()
+    (sent,) = failed.sessions["w"].in_flight
+
+    other = Scheduler(store, operator_id="other")
+    moved = await other.register(WorkerInfo("w", QUEUE, concurrency=2), [sent])
+
+    assert assigned_ids(moved) == []
+    assert list(moved.in_flight) == [sent]
