@@ -478,11 +478,8 @@ class Worker:
 
     def _accept(self, assignment: workers_pb2.Assignment) -> None:
         attempt = Attempt(assignment)
-        fields = job_fields(attempt.job_id, self.config.queue, attempt=attempt.number)
         if attempt.key in self._attempts or self._results.holds(attempt.key):
-            logger.debug(
-                "Ignoring a repeated assignment of attempt %d", attempt.number, extra=fields
-            )
+            self._debug(attempt, "Ignoring a repeated assignment of attempt %d")
             return
         if self._stop_everything is not None:
             # Sent before the operator saw the worker leave: it still gets its result.
@@ -494,7 +491,16 @@ class Worker:
         )
         self._attempt_tasks.add(task)
         task.add_done_callback(self._attempt_tasks.discard)
-        logger.debug("Accepted attempt %d", attempt.number, extra=fields)
+        self._debug(attempt, "Accepted attempt %d")
+
+    def _debug(self, attempt: Attempt, message: str, *args: object, **more: object) -> None:
+        """A DEBUG record about ``attempt``, its number the message's first argument.
+
+        Its fields are only built when DEBUG is on: this runs several times per job.
+        """
+        if logger.isEnabledFor(logging.DEBUG):
+            fields = job_fields(attempt.job_id, self.config.queue, attempt=attempt.number, **more)
+            logger.debug(message, attempt.number, *args, extra=fields)
 
     def _stop_attempt(self, key: AttemptKey, request: StopRequest) -> None:
         attempt = self._attempts.get(key)
@@ -537,8 +543,7 @@ class Worker:
         self._record(attempt, result, started)
 
     async def _execute(self, attempt: Attempt) -> ExecutionResult:
-        fields = job_fields(attempt.job_id, self.config.queue, attempt=attempt.number)
-        logger.debug("Attempt %d started", attempt.number, extra=fields)
+        self._debug(attempt, "Attempt %d started")
         self._running += 1
         try:
             result = await execute(
@@ -549,6 +554,7 @@ class Worker:
                 env_overridable=self.config.job_env_overridable,
             )
         except Exception as error:
+            fields = job_fields(attempt.job_id, self.config.queue, attempt=attempt.number)
             logger.exception("Attempt %d failed inside the worker", attempt.number, extra=fields)
             result = ExecutionResult(
                 Outcome.FAILED, error=f"the worker failed to run the job: {error!r}"
@@ -567,17 +573,13 @@ class Worker:
     def _record(
         self, attempt: Attempt, result: ExecutionResult, started: asyncio.Future[Answer] | None
     ) -> None:
-        fields = job_fields(
-            attempt.job_id, self.config.queue, attempt=attempt.number, outcome=result.outcome.value
-        )
+        outcome = result.outcome.value
         del self._attempts[attempt.key]
         self._finished_jobs[result.outcome].inc()
         if attempt.stop_request is not None and not attempt.stop_request.report:
-            logger.debug(
-                "Attempt %d ended; its result is not reported", attempt.number, extra=fields
-            )
+            self._debug(attempt, "Attempt %d ended; its result is not reported", outcome=outcome)
             return
-        logger.debug("Attempt %d ended: %s", attempt.number, result.outcome.value, extra=fields)
+        self._debug(attempt, "Attempt %d ended: %s", outcome, outcome=outcome)
         if started is not None and self._started.withdraw(attempt.key):
             # Its Started report had not left yet: the result reports the start as well.
             started = None
