@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 
 class JobState(StrEnum):
@@ -222,11 +222,7 @@ class Submitted:
     created: bool  # False: an idempotency key matched an existing job
 
 
-# Claimed, AttemptResult and ReportOutcome are made once per job on dispatch's hot path.
-# A frozen dataclass's __init__ sets each field through object.__setattr__, several times
-# slower than a plain slotted one, so these three are plain slotted ones; nothing changes
-# them after they are made.
-@dataclass(slots=True)
+@dataclass(frozen=True)
 class Claimed:
     """A claimed job as dispatch needs it: what its assignment carries, nothing more.
 
@@ -263,15 +259,13 @@ class DirectSlots:
     lease_s: float
 
 
-class AttemptRef(NamedTuple):
-    """One attempt of one job. A named tuple: it keys the scheduler's and the workers'
-    maps, and a tuple is made and hashed several times faster than a frozen dataclass."""
-
+@dataclass(frozen=True)
+class AttemptRef:
     job_id: str
     attempt: int
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True)
 class AttemptResult:
     job_id: str
     attempt: int
@@ -283,7 +277,7 @@ class AttemptResult:
     run_time_s: float | None = None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True)
 class ReportOutcome:
     """The store's answer to one Started or result report. A refusal is not an error."""
 
