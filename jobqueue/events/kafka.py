@@ -47,6 +47,11 @@ PRODUCER_SETTINGS: Mapping[str, Any] = {
     # rather than failing and being produced again behind their successors.
     "message.timeout.ms": 0,
     "linger.ms": 5,  # batch what is produced within 5 ms into one request
+    # Larger, compressed batches cost the broker far less per event. Relaying 60,000
+    # events on one 2-core machine, these two took the broker from 15-28 to 6-10 us of CPU
+    # per event, and the relay from 17-18 to 14-15 (every Kafka client library reads lz4).
+    "batch.size": 1_000_000,
+    "compression.type": "lz4",
     # Report failures only: a Python callback per delivered message costs more than the
     # rest of relaying it. What was sent and not reported failed was delivered, once
     # nothing is outstanding (see KafkaSender.acknowledged).
