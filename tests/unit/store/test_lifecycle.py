@@ -337,6 +337,23 @@ def test_payload_over_the_queue_limit_names_the_limit() -> None:
         lifecycle.validate_new_job(big, POLICY, LIMITS, NOW)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["echo", "a\0b"], ["echo", "\\\0"], ["\0"], ["echo", "é\0"]],
+)
+def test_a_nul_anywhere_in_the_payload_is_refused(argv: list[str]) -> None:
+    with pytest.raises(InvalidInputError, match="payload: NUL characters are not allowed"):
+        lifecycle.validate_new_job(new(payload={"argv": argv}), POLICY, LIMITS, NOW)
+
+
+@pytest.mark.parametrize("text", ["\\u0000", "\\\\u0000", "u0000", "\\"])
+def test_text_that_only_looks_like_an_escaped_nul_is_accepted(text: str) -> None:
+    prepared = lifecycle.validate_new_job(
+        new(payload={"argv": ["echo", text]}), POLICY, LIMITS, NOW
+    )
+    assert prepared.payload["argv"] == ["echo", text]
+
+
 def test_kind_not_allowed_by_the_queue() -> None:
     commands_only = dataclasses.replace(POLICY, allowed_kinds=frozenset({JobKind.COMMAND}))
     python = new(kind=JobKind.PYTHON, payload={"handler": "a:b"})
