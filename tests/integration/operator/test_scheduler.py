@@ -13,6 +13,7 @@ import pytest
 
 from jobqueue.operator.dispatch import Scheduler, WorkerSession
 from jobqueue.store import (
+    AttemptRef,
     AttemptResult,
     Claimed,
     Job,
@@ -77,6 +78,16 @@ def assigned_ids(session: WorkerSession) -> list[str]:
         command = session.commands.get_nowait()
         ids += [assignment.job_id for assignment in command.assignments.jobs]
     return ids
+
+
+async def one_job_sent(scheduler: Scheduler) -> tuple[WorkerSession, AttemptRef]:
+    """A worker with two slots, and the attempt of one job pushed down its stream."""
+    session = await connected(scheduler, slots=2)
+    await submit(scheduler)
+    assert await scheduler.dispatch_once() == 1
+    (attempt,) = session.in_flight
+    assert assigned_ids(session) == [attempt.job_id]  # what the stream carried
+    return session, attempt
 
 
 async def drained(scheduler: Scheduler, slots: int) -> WorkerSession:
@@ -223,10 +234,8 @@ async def test_assignments_not_yet_sent_follow_the_worker_to_its_new_session(
 
 async def test_an_assignment_lost_with_the_old_stream_is_sent_again(store: JobStore) -> None:
     scheduler = Scheduler(store, operator_id="test")
-    first = await connected(scheduler, slots=2)
-    await submit(scheduler)
-    await scheduler.dispatch_once()
-    (sent,) = assigned_ids(first)  # it went down the old stream, which then died
+    _, attempt = await one_job_sent(scheduler)  # down the old stream, which then died
+    sent = attempt.job_id
 
     again = await scheduler.register(WorkerInfo("w", QUEUE, concurrency=2), [])
 
@@ -236,11 +245,8 @@ async def test_an_assignment_lost_with_the_old_stream_is_sent_again(store: JobSt
 
 async def test_a_lost_assignment_whose_job_moved_on_frees_its_slot(store: JobStore) -> None:
     scheduler = Scheduler(store, operator_id="test")
-    first = await connected(scheduler, slots=2)
-    await submit(scheduler)
-    await scheduler.dispatch_once()
-    (sent,) = assigned_ids(first)
-    await store.cancel(sent, "changed my mind")
+    _, attempt = await one_job_sent(scheduler)
+    await store.cancel(attempt.job_id, "changed my mind")
 
     again = await scheduler.register(WorkerInfo("w", QUEUE, concurrency=2), [])
 
@@ -252,11 +258,7 @@ async def test_a_started_attempt_the_worker_no_longer_names_goes_back_at_once(
     store: JobStore,
 ) -> None:
     scheduler = Scheduler(store, operator_id="test")
-    first = await connected(scheduler, slots=2)
-    await submit(scheduler)
-    await scheduler.dispatch_once()
-    assigned_ids(first)  # it went down the stream, and the worker started it
-    (attempt,) = first.in_flight
+    _, attempt = await one_job_sent(scheduler)  # and the worker started it
     assert all(outcome.accepted for outcome in await scheduler.started("w", [attempt]))
 
     # The worker's process restarted: it registers again running nothing.
@@ -274,11 +276,7 @@ async def test_a_started_attempt_the_worker_no_longer_names_goes_back_at_once(
 
 async def test_a_started_attempt_the_worker_names_keeps_its_slot(store: JobStore) -> None:
     scheduler = Scheduler(store, operator_id="test")
-    first = await connected(scheduler, slots=2)
-    await submit(scheduler)
-    await scheduler.dispatch_once()
-    assigned_ids(first)
-    (attempt,) = first.in_flight
+    _, attempt = await one_job_sent(scheduler)
     await scheduler.started("w", [attempt])
 
     again = await scheduler.register(WorkerInfo("w", QUEUE, concurrency=2), [attempt])
@@ -291,10 +289,7 @@ async def test_a_worker_that_moves_replica_gets_what_the_last_one_sent_it_in_vai
     store: JobStore,
 ) -> None:
     failed = Scheduler(store, operator_id="failed")
-    await connected(failed, slots=2)
-    await submit(failed)
-    await failed.dispatch_once()  # pushed down a stream that then died with its replica
-    (sent,) = failed.sessions["w"].in_flight
+    _, sent = await one_job_sent(failed)  # down a stream that then died with its replica
 
     other = Scheduler(store, operator_id="other")
     moved = await other.register(WorkerInfo("w", QUEUE, concurrency=2), [])
@@ -306,10 +301,7 @@ async def test_a_worker_that_moves_replica_gets_what_the_last_one_sent_it_in_vai
 
 async def test_a_worker_that_moves_replica_is_not_sent_what_it_runs(store: JobStore) -> None:
     failed = Scheduler(store, operator_id="failed")
-    await connected(failed, slots=2)
-    await submit(failed)
-    await failed.dispatch_once()
-    (sent,) = failed.sessions["w"].in_flight
+    _, sent = await one_job_sent(failed)
 
     other = Scheduler(store, operator_id="other")
     moved = await other.register(WorkerInfo("w", QUEUE, concurrency=2), [sent])
