@@ -257,15 +257,7 @@ class Scheduler:
         await self.store.register_worker(info)
         previous = self.sessions.get(info.id)
         session = WorkerSession(info=info)
-        queued: set[AttemptRef] = set()
-        if previous is not None:
-            session.in_flight = previous.in_flight
-            # Commands the old stream had not sent yet (assignments among them) go down the
-            # new one; left behind, their jobs would wait for their leases to expire.
-            while not previous.commands.empty():
-                command = previous.commands.get_nowait()
-                queued.update(_assigned(command))
-                session.commands.put_nowait(command)
+        queued = _take_over(previous, session) if previous is not None else set()
         for attempt in running:
             session.in_flight.setdefault(attempt, InFlight(info.queue, time.monotonic(), True))
         stop = await self.store.extend_leases(info.id, list(running), self.settings.lease_s)
@@ -273,12 +265,7 @@ class Scheduler:
             session.in_flight.pop(attempt, None)
         if stop:
             session.commands.put_nowait(_cancel_command(stop, "no longer assigned to this worker"))
-        # Started attempts the worker did not name are lost (its process restarted): they
-        # go back now rather than when their leases expire.
-        for lost in await self.store.release_unheld(info.id, running):
-            session.in_flight.pop(AttemptRef(lost.job.id, _lost_attempt_number(lost)), None)
-            metrics.JOBS_FINISHED.labels(lost.job.queue, "lost").inc()
-            self.wake(lost.job.queue)
+        await self._release_unheld(session, running)
         # A worker new to this replica (another one failed, or this one restarted) may have
         # lost assignments pushed by the last; it is sent whatever is assigned to it and
         # not named. Read before the session exists, so no claim of ours can be among them.
@@ -297,6 +284,14 @@ class Scheduler:
             extra={"worker_id": info.id, "queue": info.queue},
         )
         return session
+
+    async def _release_unheld(self, session: WorkerSession, running: Sequence[AttemptRef]) -> None:
+        """Started attempts the worker did not name are lost (its process restarted): they
+        go back now rather than when their leases expire."""
+        for lost in await self.store.release_unheld(session.info.id, running):
+            session.in_flight.pop(AttemptRef(lost.job.id, _lost_attempt_number(lost)), None)
+            metrics.JOBS_FINISHED.labels(lost.job.queue, "lost").inc()
+            self.wake(lost.job.queue)
 
     async def _resend_lost(self, session: WorkerSession, known: set[AttemptRef]) -> None:
         """Send again what went down the old stream but never reached the worker.
@@ -610,6 +605,21 @@ class Scheduler:
             )
         for queue in {attempt.job.queue for attempt in lost}:
             self.wake(queue)
+
+
+def _take_over(previous: WorkerSession, session: WorkerSession) -> set[AttemptRef]:
+    """Give ``session`` what ``previous`` held; return the attempts of the commands moved.
+
+    Commands the old stream had not sent yet (assignments among them) go down the new one;
+    left behind, their jobs would wait for their leases to expire.
+    """
+    session.in_flight = previous.in_flight
+    queued: set[AttemptRef] = set()
+    while not previous.commands.empty():
+        command = previous.commands.get_nowait()
+        queued.update(_assigned(command))
+        session.commands.put_nowait(command)
+    return queued
 
 
 def _assigned(command: workers_pb2.WorkerCommand) -> list[AttemptRef]:
