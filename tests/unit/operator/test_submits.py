@@ -82,12 +82,18 @@ async def test_a_job_submitted_while_nothing_is_in_flight_goes_at_once_alone() -
     assert store.batches == [["a"]]
 
 
-async def test_jobs_submitted_during_an_insert_go_together_in_the_next() -> None:
+async def first_insert_held() -> tuple[FakeStore, SubmitCoalescer, asyncio.Task[Submitted]]:
+    """A coalescer whose first submit ("a") is in the store, held there until released."""
     store = FakeStore()
     store.hold = asyncio.Event()
     coalescer = SubmitCoalescer(store.submit_batch)
     first = asyncio.create_task(coalescer.submit(new_job("a")))
     await asyncio.wait_for(store.entered.wait(), WAIT_S)
+    return store, coalescer, first
+
+
+async def test_jobs_submitted_during_an_insert_go_together_in_the_next() -> None:
+    store, coalescer, first = await first_insert_held()
 
     later = [asyncio.create_task(coalescer.submit(new_job(name))) for name in "bcd"]
     await asyncio.sleep(0)  # they queue behind the held batch
@@ -99,11 +105,7 @@ async def test_jobs_submitted_during_an_insert_go_together_in_the_next() -> None
 
 
 async def test_a_refused_batch_is_retried_job_by_job_so_only_the_bad_one_fails() -> None:
-    store = FakeStore()
-    store.hold = asyncio.Event()
-    coalescer = SubmitCoalescer(store.submit_batch)
-    first = asyncio.create_task(coalescer.submit(new_job("a")))
-    await asyncio.wait_for(store.entered.wait(), WAIT_S)
+    store, coalescer, first = await first_insert_held()
     store.refuse = {"bad"}
     later = [asyncio.create_task(coalescer.submit(new_job(name))) for name in ("b", "bad", "c")]
     await asyncio.sleep(0)
@@ -122,11 +124,7 @@ async def test_a_refused_batch_is_retried_job_by_job_so_only_the_bad_one_fails()
 
 
 async def test_a_caller_that_gives_up_leaves_the_others_their_answers() -> None:
-    store = FakeStore()
-    store.hold = asyncio.Event()
-    coalescer = SubmitCoalescer(store.submit_batch)
-    first = asyncio.create_task(coalescer.submit(new_job("a")))
-    await asyncio.wait_for(store.entered.wait(), WAIT_S)
+    store, coalescer, first = await first_insert_held()
     quitter = asyncio.create_task(coalescer.submit(new_job("b")))
     stayer = asyncio.create_task(coalescer.submit(new_job("c")))
     await asyncio.sleep(0)

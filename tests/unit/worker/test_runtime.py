@@ -75,6 +75,13 @@ class Harness:
         self.servers.append(server)
         return bound
 
+    async def worker_connected(self) -> ScriptedOperator:
+        """A scripted operator, and a worker with default settings streaming from it."""
+        operator = ScriptedOperator()
+        self.start_worker(await self.serve(operator))
+        await operator.streams_opened.wait_for()
+        return operator
+
     def start_worker(
         self, port: int, registry: HandlerRegistry | None = None, **overrides: Any
     ) -> tuple[Worker, asyncio.Task[None]]:
@@ -147,10 +154,7 @@ async def test_registration_announces_queue_pool_concurrency_and_handlers(
 async def test_command_job_is_reported_started_then_succeeded_with_its_output(
     harness: Harness,
 ) -> None:
-    operator = ScriptedOperator()
-    port = await harness.serve(operator)
-    harness.start_worker(port)
-    await operator.streams_opened.wait_for()
+    operator = await harness.worker_connected()
 
     operator.assign(command_assignment("c1", [sys.executable, "-c", "print('hello')"]))
     await operator.results.wait_for()
@@ -165,10 +169,7 @@ async def test_command_job_is_reported_started_then_succeeded_with_its_output(
 async def test_command_exiting_non_zero_is_reported_failed_with_its_exit_code(
     harness: Harness,
 ) -> None:
-    operator = ScriptedOperator()
-    port = await harness.serve(operator)
-    harness.start_worker(port)
-    await operator.streams_opened.wait_for()
+    operator = await harness.worker_connected()
 
     operator.assign(command_assignment("c2", [sys.executable, "-c", "raise SystemExit(7)"]))
     await operator.results.wait_for()
@@ -203,10 +204,7 @@ async def test_python_handler_result_is_its_json_return_value(harness: Harness) 
 async def test_unknown_handler_and_malformed_arguments_fail_with_clear_errors(
     harness: Harness,
 ) -> None:
-    operator = ScriptedOperator()
-    port = await harness.serve(operator)
-    harness.start_worker(port)
-    await operator.streams_opened.wait_for()
+    operator = await harness.worker_connected()
 
     operator.assign(
         python_assignment("unknown", "tests:missing"),
@@ -318,10 +316,7 @@ async def test_attempt_ending_before_its_started_left_reports_only_its_result(
 async def test_cancel_command_stops_a_running_command_and_reports_cancelled(
     harness: Harness,
 ) -> None:
-    operator = ScriptedOperator()
-    port = await harness.serve(operator)
-    harness.start_worker(port)
-    await operator.streams_opened.wait_for()
+    operator = await harness.worker_connected()
 
     operator.assign(
         command_assignment("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
@@ -402,10 +397,7 @@ async def test_restarted_operator_gets_held_attempts_and_the_unsent_result_exact
 async def test_a_report_batch_refused_for_a_forgotten_worker_is_resent_after_registering(
     harness: Harness,
 ) -> None:
-    operator = ScriptedOperator()
-    port = await harness.serve(operator)
-    harness.start_worker(port)
-    await operator.streams_opened.wait_for()
+    operator = await harness.worker_connected()
     # As an operator that restarted and forgot the worker answers: NOT_FOUND.
     operator.refuse_next_report = grpc.StatusCode.NOT_FOUND
 
