@@ -12,7 +12,10 @@ calls ``now()`` for a job's timestamps.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -77,6 +80,22 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    """A new job's id: a UUID of version 7 (RFC 9562), whose first 48 bits are the Unix time
+    in milliseconds and the other 74 (all but the version and variant) random.
+
+    Ids made close in time sort close together. The jobs in play are the recent ones, so
+    their entries in the primary key and in ``job_events_by_job``, written again at each
+    change of state, sit on a few hot pages at the end of each index instead of on random
+    pages all over it (which version 4 ids gave). The real time is used, not the store's
+    clock: the point is where the insert lands, and the random part keeps ids unique.
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # the RFC's variant
+    return str(uuid.UUID(int=value))
 
 
 class ManualClock:

@@ -76,6 +76,7 @@ from jobqueue.store.model import (
     WorkerCounts,
     WorkerInfo,
     WorkerRecord,
+    new_job_id,
 )
 
 logger = logging.getLogger(__name__)
@@ -1120,7 +1121,7 @@ async def _insert_jobs(
             if key in key_owner:
                 continue
             key_owner[key] = index
-        to_insert.append(_Insert(str(uuid.uuid4()), job, workers[index]))
+        to_insert.append(_Insert(new_job_id(), job, workers[index]))
     # Insert in key order: two batches sharing keys then wait on each other in one order.
     to_insert.sort(key=lambda item: (item.job.queue, item.job.idempotency_key or ""))
 

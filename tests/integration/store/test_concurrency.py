@@ -95,7 +95,7 @@ async def _work(store: JobStore, clock: ManualClock, worker_id: str) -> list[tup
             AttemptResult(
                 job.id,
                 job.attempt,
-                Outcome.FAILED if int(job.id[:8], 16) % 7 == 0 else Outcome.SUCCEEDED,
+                Outcome.FAILED if int(job.id[-8:], 16) % 7 == 0 else Outcome.SUCCEEDED,
                 error="unlucky",
             )
             for job in jobs
