@@ -368,7 +368,9 @@ class WorkerCounts:
 @dataclass(frozen=True)
 class QueueStats:
     queue: str
-    counts: dict[JobState, int]  # every state present, zero included
+    # Every state present, zero included; the terminal ones only when they were counted
+    # (see JobStore.queue_stats).
+    counts: dict[JobState, int]
     oldest_pending_age_s: float | None  # how long the oldest due pending job has waited
     run_time_mean_s: float | None  # over the attempts that succeeded in the window
     run_time_p95_s: float | None

@@ -528,9 +528,9 @@ SELECT * FROM workers WHERE %(queue)s::text IS NULL OR queue = %(queue)s ORDER B
 
 # Statistics and upkeep ----------------------------------------------------------------------
 
-# Jobs per queue and state. Each branch matches one partial index's predicate (ready,
-# in flight, retries, finished), so each is an index(-only) scan of that state's jobs.
-COUNT_JOBS_BY_STATE: LiteralString = """
+# The unfinished jobs per queue and state. Each branch matches one partial index's
+# predicate (ready, in flight, retries), so each is an index(-only) scan of those jobs.
+COUNT_UNFINISHED_BY_STATE: LiteralString = """
 SELECT queue, 'pending' AS state, count(*) AS jobs,
        min(run_after) FILTER (WHERE run_after <= %(now)s) AS oldest_due
 FROM jobs WHERE state = 'pending' AND queue = ANY(%(queues)b::text[]) GROUP BY queue
@@ -541,8 +541,11 @@ GROUP BY queue, state
 UNION ALL
 SELECT queue, 'failed', count(*), NULL
 FROM jobs WHERE state = 'failed' AND queue = ANY(%(queues)b::text[]) GROUP BY queue
-UNION ALL
-SELECT queue, state, count(*), NULL
+"""
+
+# The finished jobs per queue and state: one entry of jobs_finished per job kept.
+COUNT_FINISHED_BY_STATE: LiteralString = """
+SELECT queue, state, count(*) AS jobs, NULL AS oldest_due
 FROM jobs WHERE state IN ('succeeded', 'dead_lettered', 'cancelled')
   AND queue = ANY(%(queues)b::text[])
 GROUP BY queue, state

@@ -50,6 +50,7 @@ from jobqueue.store import lifecycle, queries
 from jobqueue.store.lifecycle import Change, PreparedJob
 from jobqueue.store.model import (
     IN_FLIGHT_STATES,
+    TERMINAL_STATES,
     WORKER_STATES,
     AttemptRef,
     AttemptResult,
@@ -886,7 +887,11 @@ class JobStore:
     # Statistics and upkeep ------------------------------------------------------------
 
     async def queue_stats(
-        self, queues: Sequence[str] | None = None, window_s: float = 300.0
+        self,
+        queues: Sequence[str] | None = None,
+        window_s: float = 300.0,
+        *,
+        count_finished: bool = True,
     ) -> dict[str, QueueStats]:
         """Counts by state, oldest pending age, run time and error rate, per queue.
 
@@ -894,13 +899,15 @@ class JobStore:
         indexes (pending, in flight, failed, finished), so they read one index entry per
         job in those states, index-only once autovacuum has set the visibility map; the
         run time and error rate read the outcome events of the window from
-        ``job_events_outcomes``. For hundreds of queues the cost is the same two
-        statements, growing with the number of jobs, not of queues; the finished count
-        dominates when retention keeps millions of jobs.
+        ``job_events_outcomes``. For hundreds of queues the cost is the same statements,
+        growing with the number of jobs, not of queues.
+
+        The finished count dominates when retention keeps millions of jobs (about 150 ms
+        for a million on the machine of docs/performance.md). ``count_finished=False``
+        leaves it out: the terminal states are then missing from each ``counts``, and a
+        caller that refreshes often (``operator.monitor``) fills them in from an earlier
+        reading.
         """
-        # TODO: keep per-queue counters (or cache this for a few seconds) if the finished
-        # count becomes the bottleneck. Risk: with a long retention and a high rate the
-        # status refresh reads millions of index entries each time it runs.
         now = self._clock.now()
         async with self._connection() as connection:
             if queues is None:
@@ -912,11 +919,15 @@ class JobStore:
                 )
                 names = [str(row["name"]) for row in await cursor.fetchall()]
             params = {"queues": names, "now": now, "since": now - timedelta(seconds=window_s)}
-            cursor = await connection.execute(queries.COUNT_JOBS_BY_STATE, params)
+            cursor = await connection.execute(queries.COUNT_UNFINISHED_BY_STATE, params)
             counts = await cursor.fetchall()
+            if count_finished:
+                cursor = await connection.execute(queries.COUNT_FINISHED_BY_STATE, params)
+                counts += await cursor.fetchall()
             cursor = await connection.execute(queries.OUTCOMES_SINCE, params)
             outcomes = {row["queue"]: row for row in await cursor.fetchall()}
-        return _stats(names, counts, outcomes, now, window_s)
+        states = [s for s in JobState if count_finished or s not in TERMINAL_STATES]
+        return _stats(names, counts, outcomes, now, window_s, states=states)
 
     async def purge_finished(self, batch_size: int = 1000) -> int:
         """Delete finished jobs past their queue's retention, with their events, a bounded
@@ -1340,8 +1351,10 @@ def _stats(
     outcomes: Mapping[str, DictRow],
     now: datetime,
     window_s: float,
+    *,
+    states: Collection[JobState],
 ) -> dict[str, QueueStats]:
-    by_queue: dict[str, dict[JobState, int]] = {name: dict.fromkeys(JobState, 0) for name in names}
+    by_queue: dict[str, dict[JobState, int]] = {name: dict.fromkeys(states, 0) for name in names}
     oldest_due: dict[str, datetime] = {}
     for row in counts:
         by_queue[row["queue"]][JobState(row["state"])] = int(row["jobs"])

@@ -312,3 +312,24 @@ async def test_unreachable_database_is_unavailable() -> None:
 
     with pytest.raises(UnavailableError, match="cannot connect"):
         await JobStore.open(f"postgresql://nobody@127.0.0.1:{port}/none", open_timeout_s=1)
+
+
+async def test_queue_stats_can_leave_the_finished_count_out(
+    store: JobStore, clock: ManualClock
+) -> None:
+    await store.apply_queue(policy())
+    await store.submit_batch([command() for _ in range(3)])
+    (job,) = await store.claim("default", ["w"], lease_s=300)
+    await store.report_results("w", [AttemptResult(job.id, 1, Outcome.SUCCEEDED)])
+
+    counted = (await store.queue_stats(["default"]))["default"]
+    uncounted = (await store.queue_stats(["default"], count_finished=False))["default"]
+
+    assert counted.counts[JobState.SUCCEEDED] == 1
+    assert uncounted.counts == {
+        JobState.PENDING: 2,
+        JobState.ASSIGNED: 0,
+        JobState.RUNNING: 0,
+        JobState.FAILED: 0,
+    }
+    assert uncounted.oldest_pending_age_s == counted.oldest_pending_age_s
