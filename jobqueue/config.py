@@ -161,10 +161,6 @@ class OperatorSettings:
     # by trust-manager or by hand; worker pods mount it to verify the operator. It wins
     # over tls.ca_file, and needs no ConfigMap writes by the operator.
     worker_ca_configmap: str = ""
-    # The operator's event loop: "uvloop", which costs less per gRPC call (see
-    # jobqueue.loops), or "asyncio", the standard library's own. Workers always run on
-    # asyncio's: commands started from uvloop's loop sometimes died of SIGABRT at birth.
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # TLS of the gRPC API.
     tls: ServerTLSSettings = field(default_factory=ServerTLSSettings)
     # Who may call the gRPC API, and what each caller may do.

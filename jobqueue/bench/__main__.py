@@ -7,6 +7,7 @@ changed by a flag, and ``--tiny`` runs a few hundred jobs to check that it works
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import logging
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from jobqueue import logs, loops
+from jobqueue import logs
 from jobqueue.bench import report, stack
 from jobqueue.bench.run import BenchConfig, Results, run_benchmark
 from jobqueue.errors import JobQueueError
@@ -71,8 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="jobqueue-bench-"))
     succeeded = False
     try:
-        # The benchmark's own client runs on the loop the operator and workers use.
-        results = loops.run(_run(config, run_dir, args.profile_report))
+        results = asyncio.run(_run(config, run_dir, args.profile_report))
         succeeded = True
     except JobQueueError as error:
         print(f"benchmark failed: {error}", file=sys.stderr)

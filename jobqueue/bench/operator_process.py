@@ -24,8 +24,8 @@ from pathlib import Path
 
 from pyinstrument import Profiler
 
-from jobqueue import logs, loops
-from jobqueue.config import Settings, load_settings
+from jobqueue import logs
+from jobqueue.config import load_settings
 from jobqueue.operator.app import running_operator
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class _ProfileSwitch:
         os.replace(partial, self.output)
 
 
-async def serve(profile_output: Path, settings: Settings) -> None:
+async def serve(profile_output: Path) -> None:
+    settings = load_settings(None)
     switch = _ProfileSwitch(profile_output)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,8 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile-output", type=Path, required=True)
     args = parser.parse_args(argv)
     logs.configure(os.environ.get("JQ_LOGGING_LEVEL", "INFO"), format="json")
-    settings = load_settings(None)
-    loops.run(serve(args.profile_output, settings), settings.operator.event_loop)
+    asyncio.run(serve(args.profile_output))
     return 0
 
 

@@ -23,7 +23,7 @@ import psycopg
 import redis.asyncio
 from kubernetes import client as kube_client
 
-from jobqueue import __version__, logs, loops
+from jobqueue import __version__, logs
 from jobqueue.config import Settings, load_settings
 from jobqueue.errors import ConfigError, JobQueueError
 from jobqueue.health import Check, Health, run_checks
@@ -78,11 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.configure(settings.logging.level, format=settings.logging.format)
     if args.dry_run:
-        return loops.run(
-            dry_run(settings, with_cluster=not args.no_kopf), settings.operator.event_loop
-        )
+        return asyncio.run(dry_run(settings, with_cluster=not args.no_kopf))
     try:
-        loops.run(serve(settings, with_kopf=not args.no_kopf), settings.operator.event_loop)
+        asyncio.run(serve(settings, with_kopf=not args.no_kopf))
     except JobQueueError as error:
         logger.error("The operator cannot start: %s", error)
         return 1

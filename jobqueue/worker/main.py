@@ -280,7 +280,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         return asyncio.run(dry_run(config, registry))
     try:
-        # asyncio's own loop, not uvloop: see operator.event_loop in jobqueue.config.
         asyncio.run(serve(config, registry, args.http_address))
     except PermanentError as error:
         logger.error("The worker stops: %s", error)

@@ -66,11 +66,6 @@ def test_config_file_can_be_named_by_the_environment(tmp_path: Path) -> None:
         ("operator:\n  lease_s: yes\n", {}, "operator.lease_s: must be a number"),
         ("- just\n- a list\n", {}, "must hold a mapping of sections"),
         ("database: {url: [unclosed\n", {}, "is not valid YAML"),
-        (
-            "",
-            {"JQ_OPERATOR_EVENT_LOOP": "trio"},
-            "operator.event_loop (from JQ_OPERATOR_EVENT_LOOP): must be one of uvloop, asyncio",
-        ),
     ],
 )
 def test_invalid_settings_are_refused_with_the_setting_named(
