@@ -270,13 +270,17 @@ async def run_python(
         return ExecutionResult(outcome, error=error, run_time_s=run_time_s)
 
     try:
-        rendered = json.dumps(value)
+        # Most handlers of a busy queue return nothing; json.dumps costs more than the job.
+        rendered = "null" if value is None else json.dumps(value)
     except (TypeError, ValueError) as json_error:
         return ExecutionResult(
             Outcome.FAILED,
             error=f"the handler returned a value that is not JSON: {json_error}",
             run_time_s=run_time_s,
         )
+    if len(rendered) <= output_limit:
+        # json.dumps writes ASCII only, so this many characters are this many bytes.
+        return ExecutionResult(Outcome.SUCCEEDED, output=rendered, run_time_s=run_time_s)
     capped = _CappedOutput(output_limit)
     capped.add(rendered.encode())
     return ExecutionResult(

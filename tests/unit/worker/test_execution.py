@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -205,6 +206,16 @@ def not_json() -> object:
     return object()
 
 
+@registry.register
+async def nothing() -> None:
+    return None
+
+
+@registry.register
+def wordy() -> str:
+    return "é" * 100
+
+
 def spec(function: object, arguments: str = "{}") -> PythonSpec:
     return PythonSpec(f"{__name__}:{function.__qualname__}", arguments)  # type: ignore[attr-defined]
 
@@ -214,6 +225,22 @@ async def test_sync_handler_result_is_returned_as_json() -> None:
 
     assert result.outcome is Outcome.SUCCEEDED
     assert result.output == "5"
+
+
+async def test_a_handler_that_returns_nothing_has_null_as_its_output() -> None:
+    result = await run_python(spec(nothing), registry, timeout_s=10)
+
+    assert result.outcome is Outcome.SUCCEEDED
+    assert (result.output, result.output_truncated) == ("null", False)
+
+
+async def test_a_result_longer_than_the_output_limit_is_cut_and_marked() -> None:
+    whole = await run_python(spec(wordy), registry, timeout_s=10)
+    cut = await run_python(spec(wordy), registry, timeout_s=10, output_limit=20)
+
+    assert whole.output == json.dumps("é" * 100)  # escaped: ASCII, so 602 bytes
+    assert (whole.output_truncated, cut.output_truncated) == (False, True)
+    assert cut.output == whole.output[:20]
 
 
 async def test_handler_exception_fails_the_attempt_with_its_message() -> None:
