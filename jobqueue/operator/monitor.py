@@ -10,12 +10,14 @@ queues cost the database the same as one; the status timers only read the snapsh
 The finished jobs are counted less often when counting them is slow. That count reads one
 index entry per finished job the queues keep, millions with a long retention (about 150 ms
 a million), where everything else a snapshot reads grows with the backlog only. So a
-refresh counts them again only once the time since the last count is a hundred times
-what that refresh took (``FINISHED_COUNT_SHARE``), and carries the last counts over
-otherwise: the counting costs the database about 1 % of a core's time, whatever the
-retention. With small tables that is every refresh; with a million finished jobs, about
-every 15 s, and the succeeded, dead-lettered and cancelled counts in status and on
-/metrics are that much older than the rest.
+refresh counts them again (``JobStore.finished_counts``) only once the time since the
+last count is a hundred times what that count took (``FINISHED_COUNT_SHARE``), or a
+minute (``FINISHED_COUNT_MAX_AGE_S``), and carries the last counts over otherwise: the
+counting costs the database about 1 % of a core's time up to some 4 million finished
+jobs, and the counts are never more than a minute old. With small tables that is every
+refresh; with a million finished jobs, about every 15 s, and the succeeded,
+dead-lettered and cancelled counts in status and on /metrics are that much older than
+the rest.
 
 A failed refresh keeps the previous snapshot (and its age says how stale it is): a
 database blip must not make every queue look empty.
@@ -36,8 +38,10 @@ from jobqueue.store import TERMINAL_STATES, JobState, JobStore, QueueStats, Work
 
 logger = logging.getLogger(__name__)
 
-# The most of its time a monitor spends on counting finished jobs (see the docstring).
+# The most of its time a monitor spends on counting finished jobs, and the oldest those
+# counts get (see the docstring).
 FINISHED_COUNT_SHARE = 0.01
+FINISHED_COUNT_MAX_AGE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -76,17 +80,17 @@ class QueueMonitor:
         self.worker_seen_within_s = worker_seen_within_s
         self.latest: Snapshot | None = None
         self._refreshed = asyncio.Event()
-        self._count_finished_at = 0.0  # monotonic; the first refresh counts them
+        self._finished: dict[str, dict[JobState, int]] | None = None  # by queue, last count
+        self._count_finished_at = 0.0  # monotonic: when the next count is due
 
     async def refresh(self) -> Snapshot:
+        stats = await self.store.queue_stats(count_finished=False)
         began = time.monotonic()
-        count_finished = self.latest is None or began >= self._count_finished_at
-        stats = await self.store.queue_stats(count_finished=count_finished)
-        if count_finished:
-            took_s = time.monotonic() - began
-            self._count_finished_at = began + took_s / self.finished_count_share
-        elif self.latest is not None:
-            stats = _with_finished_counts(stats, self.latest.stats)
+        if self._finished is None or began >= self._count_finished_at:
+            self._finished = await self.store.finished_counts(list(stats))
+            wait_s = (time.monotonic() - began) / self.finished_count_share
+            self._count_finished_at = began + min(wait_s, FINISHED_COUNT_MAX_AGE_S)
+        stats = _with_finished_counts(stats, self._finished)
         workers = await self.store.worker_counts(self.worker_seen_within_s)
         snapshot = Snapshot(stats, {(count.queue, count.pool): count for count in workers})
         _export(snapshot, self.latest)
@@ -111,15 +115,15 @@ class QueueMonitor:
 
 
 def _with_finished_counts(
-    stats: dict[str, QueueStats], earlier: dict[str, QueueStats]
+    stats: dict[str, QueueStats], finished: dict[str, dict[JobState, int]]
 ) -> dict[str, QueueStats]:
-    """``stats`` read without the finished counts, with those of ``earlier`` carried over
-    (zero for a queue that is new since)."""
+    """``stats`` read without the finished counts, with ``finished`` filled in (zeros for a
+    queue that is new since they were counted)."""
     merged = {}
     for queue, current in stats.items():
-        before = earlier[queue].counts if queue in earlier else {}
+        counted = finished.get(queue, {})
         counts = {
-            state: before.get(state, 0) if state in TERMINAL_STATES else current.counts[state]
+            state: counted.get(state, 0) if state in TERMINAL_STATES else current.counts[state]
             for state in JobState
         }
         merged[queue] = dataclasses.replace(current, counts=counts)

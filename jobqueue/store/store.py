@@ -905,8 +905,8 @@ class JobStore:
         The finished count dominates when retention keeps millions of jobs (about 150 ms
         for a million on the machine of docs/performance.md). ``count_finished=False``
         leaves it out: the terminal states are then missing from each ``counts``, and a
-        caller that refreshes often (``operator.monitor``) fills them in from an earlier
-        reading.
+        caller that refreshes often (``operator.monitor``) reads them less often with
+        ``finished_counts``.
         """
         now = self._clock.now()
         async with self._connection() as connection:
@@ -928,6 +928,20 @@ class JobStore:
             outcomes = {row["queue"]: row for row in await cursor.fetchall()}
         states = [s for s in JobState if count_finished or s not in TERMINAL_STATES]
         return _stats(names, counts, outcomes, now, window_s, states=states)
+
+    async def finished_counts(self, queues: Sequence[str]) -> dict[str, dict[JobState, int]]:
+        """The finished jobs of each given queue by terminal state, zero included: the
+        part of ``queue_stats`` that grows with retention, on its own."""
+        async with self._connection() as connection:
+            cursor = await connection.execute(
+                queries.COUNT_FINISHED_BY_STATE, {"queues": list(queues)}
+            )
+            rows = await cursor.fetchall()
+        terminal = [state for state in JobState if state in TERMINAL_STATES]
+        counts = {name: dict.fromkeys(terminal, 0) for name in queues}
+        for row in rows:
+            counts[row["queue"]][JobState(row["state"])] = int(row["jobs"])
+        return counts
 
     async def purge_finished(self, batch_size: int = 1000) -> int:
         """Delete finished jobs past their queue's retention, with their events, a bounded

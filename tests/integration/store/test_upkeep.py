@@ -314,7 +314,7 @@ async def test_unreachable_database_is_unavailable() -> None:
         await JobStore.open(f"postgresql://nobody@127.0.0.1:{port}/none", open_timeout_s=1)
 
 
-async def test_queue_stats_can_leave_the_finished_count_out(
+async def test_the_finished_count_can_be_read_apart_from_the_other_stats(
     store: JobStore, clock: ManualClock
 ) -> None:
     await store.apply_queue(policy())
@@ -333,3 +333,7 @@ async def test_queue_stats_can_leave_the_finished_count_out(
         JobState.FAILED: 0,
     }
     assert uncounted.oldest_pending_age_s == counted.oldest_pending_age_s
+    assert await store.finished_counts(["default", "missing"]) == {
+        "default": {JobState.SUCCEEDED: 1, JobState.DEAD_LETTERED: 0, JobState.CANCELLED: 0},
+        "missing": {JobState.SUCCEEDED: 0, JobState.DEAD_LETTERED: 0, JobState.CANCELLED: 0},
+    }
