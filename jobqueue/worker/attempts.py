@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
 from google.protobuf import duration_pb2
@@ -102,10 +102,14 @@ async def execute(
     stop: asyncio.Event,
     kill_grace_s: float,
     env_overridable: Collection[str] = (),
+    on_wait: Callable[[], None] = lambda: None,
 ) -> ExecutionResult:
     """Run the assignment's command or handler to its end; never raises for the job's faults.
 
     ``env_overridable`` names the worker's environment variables a command may set.
+    ``on_wait`` is called once, when the job is found to take a while: at once for a
+    command, after its first step for a handler (see ``run_python``); not at all for a
+    handler that ends in its first step, or a job refused before it ran.
     """
     kind = assignment.WhichOneof("kind")
     limit_s = timeout_s(assignment)
@@ -117,6 +121,7 @@ async def execute(
                 env=dict(command.env),
                 working_directory=command.working_directory,
             )
+            on_wait()
             return await run_command(
                 spec,
                 timeout_s=limit_s,
@@ -126,7 +131,7 @@ async def execute(
             )
         if kind == "python":
             python = PythonSpec(assignment.python.handler, assignment.python.arguments_json)
-            return await run_python(python, registry, timeout_s=limit_s, stop=stop)
+            return await run_python(python, registry, timeout_s=limit_s, stop=stop, on_wait=on_wait)
     except InvalidInputError as refused:
         return ExecutionResult(Outcome.FAILED, error=str(refused))
     return ExecutionResult(

@@ -29,7 +29,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,12 +245,16 @@ async def run_python(
     timeout_s: float,
     stop: asyncio.Event | None = None,
     output_limit: int = OUTPUT_LIMIT_BYTES,
+    on_wait: Callable[[], None] | None = None,
 ) -> ExecutionResult:
     """Call a registered handler with the job's JSON arguments; its JSON result is the output.
 
     An async handler is cancelled on timeout or cancel. A plain function runs in a thread
     and cannot be interrupted: on timeout or cancel the attempt is reported at once and
-    the thread is left to finish on its own, its result discarded.
+    the thread is left to finish on its own, its result discarded. ``on_wait`` is called
+    once the handler is found not to end in its first step, before waiting for it: the
+    worker reports the start then, and a handler that ends at once needs no report of
+    its own start.
     """
     began = time.monotonic()
     try:
@@ -264,7 +268,7 @@ async def run_python(
         return ExecutionResult(Outcome.FAILED, error=str(refused))
 
     call: asyncio.Future[Any] = asyncio.ensure_future(registry.call(handler, arguments))
-    outcome, value, error = await _await_call(call, timeout_s=timeout_s, stop=stop)
+    outcome, value, error = await _await_call(call, timeout_s=timeout_s, stop=stop, on_wait=on_wait)
     run_time_s = time.monotonic() - began
     if outcome is not Outcome.SUCCEEDED:
         return ExecutionResult(outcome, error=error, run_time_s=run_time_s)
@@ -292,7 +296,11 @@ async def run_python(
 
 
 async def _await_call(
-    call: asyncio.Future[Any], *, timeout_s: float, stop: asyncio.Event | None
+    call: asyncio.Future[Any],
+    *,
+    timeout_s: float,
+    stop: asyncio.Event | None,
+    on_wait: Callable[[], None] | None,
 ) -> tuple[Outcome, Any, str]:
     # Most handlers of a busy queue are short. One yield lets the call take its first
     # step; a handler that finished in it needs no stop watcher, no timer and no wait,
@@ -301,6 +309,8 @@ async def _await_call(
         await asyncio.sleep(0)
         if call.done():
             return _ended(call)
+        if on_wait is not None:
+            on_wait()
         stopped: asyncio.Future[Any] = asyncio.ensure_future((stop or asyncio.Event()).wait())
         try:
             done, _ = await asyncio.wait(

@@ -16,10 +16,11 @@ none is recorded twice.
 An item may wait for another report to be answered first (``after``): a result is sent
 only once its attempt's ``Started`` was answered, so the operator never sees the end of
 an attempt before its start. An item not sent yet can be withdrawn instead: an attempt
-that ends while its ``Started`` still waits for a call (a busy worker, or a handler that
-returns at once: the reporter lets ready attempts run a step before it takes a batch)
-sends only its result, and the operator records the start and the end together, in that
-order. That saves a call and a database write per short job.
+that ends while its ``Started`` still waits for a call (a busy worker, or a short handler:
+the reporter lets ready attempts run a step before it takes a batch) sends only its
+result, and the operator records the start and the end together, in that order. That
+saves a call and a database write per short job. A handler that ends in its very first
+step submits no ``Started`` at all (``Worker._run_attempt``).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -520,7 +520,16 @@ class Worker:
     # One attempt ----------------------------------------------------------------------
 
     async def _run_attempt(self, attempt: Attempt) -> None:
-        started: asyncio.Future[Answer] | None = None
+        # The start is reported once the job is seen to take a while (``execute``'s
+        # ``on_wait``); a handler that ends in its first step reports its result alone,
+        # which records the start too, and costs no Started report at all.
+        started: list[asyncio.Future[Answer]] = []
+
+        def report_start() -> None:
+            answer = self._started.submit(attempt.to_proto())
+            answer.add_done_callback(functools.partial(self._on_started_answer, attempt))
+            started.append(answer)
+
         try:
             async with self._slots:
                 if attempt.stop_request is not None:
@@ -528,9 +537,7 @@ class Worker:
                     stop = attempt.stop_request
                     result = ExecutionResult(stop.outcome, error=stop.reason)
                 else:
-                    started = self._started.submit(attempt.to_proto())
-                    started.add_done_callback(functools.partial(self._on_started_answer, attempt))
-                    result = await self._execute(attempt)
+                    result = await self._execute(attempt, report_start)
         except asyncio.CancelledError:
             # The worker is being torn down without a drain: execution already stopped the
             # job's process; the operator settles the attempt when its lease expires.
@@ -540,9 +547,9 @@ class Worker:
         # Recording is one synchronous step, so no cancellation can split it: the attempt
         # leaves ``_attempts`` in the same instant its result joins the reporter, and is
         # held (listed in heartbeats) throughout.
-        self._record(attempt, result, started)
+        self._record(attempt, result, started[0] if started else None)
 
-    async def _execute(self, attempt: Attempt) -> ExecutionResult:
+    async def _execute(self, attempt: Attempt, on_wait: Callable[[], None]) -> ExecutionResult:
         self._debug(attempt, "Attempt %d started")
         self._running += 1
         try:
@@ -552,6 +559,7 @@ class Worker:
                 stop=attempt.stop_event,
                 kill_grace_s=self.config.kill_grace_s,
                 env_overridable=self.config.job_env_overridable,
+                on_wait=on_wait,
             )
         except Exception as error:
             fields = job_fields(attempt.job_id, self.config.queue, attempt=attempt.number)

@@ -243,6 +243,27 @@ async def test_a_result_longer_than_the_output_limit_is_cut_and_marked() -> None
     assert cut.output == whole.output[:20]
 
 
+async def test_the_wait_is_announced_only_for_a_handler_that_does_not_end_at_once() -> None:
+    waits: list[str] = []
+
+    await run_python(spec(nothing), registry, timeout_s=10, on_wait=lambda: waits.append("nothing"))
+    await run_python(
+        spec(slow, '{"seconds": 0.01}'),
+        registry,
+        timeout_s=10,
+        on_wait=lambda: waits.append("slow"),
+    )
+    await run_python(
+        spec(add, '{"a": 1, "b": 1}'),
+        registry,
+        timeout_s=10,
+        on_wait=lambda: waits.append("thread"),
+    )
+
+    # A plain function runs in a thread, so it never ends in its first step.
+    assert waits == ["slow", "thread"]
+
+
 async def test_handler_exception_fails_the_attempt_with_its_message() -> None:
     result = await run_python(spec(broken), registry, timeout_s=10)
 

@@ -288,6 +288,7 @@ async def test_attempt_ending_before_its_started_left_reports_only_its_result(
     release_started = asyncio.Event()
 
     async def quick() -> str:
+        await asyncio.sleep(0)  # a second step, so its start is submitted (then withdrawn)
         return "quick"
 
     async def hold_first_started(request: workers_pb2.StartedRequest) -> None:
