@@ -93,6 +93,11 @@ def duration(seconds: float | None) -> duration_pb2.Duration | None:
     return duration_pb2.Duration(seconds=int(whole) + carry, nanos=micros * 1000)
 
 
+def seconds_of(message: duration_pb2.Duration) -> float:
+    """A duration in seconds, from its fields: ToTimedelta costs ten times more (per result)."""
+    return message.seconds + message.nanos / 1e9
+
+
 # Jobs ----------------------------------------------------------------------------------
 
 
@@ -101,7 +106,7 @@ def new_job(spec: jobs_pb2.JobSpec) -> NewJob:
     kind, payload = _payload(spec)
     timeout_s: float | None = None
     if spec.HasField("timeout"):
-        timeout_s = spec.timeout.ToTimedelta().total_seconds()
+        timeout_s = seconds_of(spec.timeout)
         if not 0 < timeout_s <= _MAX_TIMEOUT_S:
             raise InvalidInputError(
                 f"timeout: must be above 0 and at most 7 days, got {timeout_s}s"
@@ -263,9 +268,7 @@ def attempt_result(result: workers_pb2.JobResult) -> AttemptResult:
         output_truncated=result.output_truncated,
         error=result.error,
         exit_code=result.exit_code,
-        run_time_s=(
-            result.run_time.ToTimedelta().total_seconds() if result.HasField("run_time") else None
-        ),
+        run_time_s=seconds_of(result.run_time) if result.HasField("run_time") else None,
     )
 
 

@@ -39,6 +39,16 @@ def test_duration_matches_from_timedelta(seconds: float) -> None:
     assert convert.duration(seconds) == expected
 
 
+@pytest.mark.parametrize("seconds", [0.0, 0.5, 1.25, 600.0, 994581.948763, 604800.0, -1.5])
+def test_seconds_of_a_duration_match_to_timedelta(seconds: float) -> None:
+    message = duration_pb2.Duration()
+    message.FromTimedelta(datetime.timedelta(seconds=seconds))
+
+    assert convert.seconds_of(message) == pytest.approx(
+        message.ToTimedelta().total_seconds(), abs=1e-9
+    )
+
+
 def test_missing_values_stay_missing() -> None:
     assert convert.timestamp(None) is None
     assert convert.duration(None) is None
