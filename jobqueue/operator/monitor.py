@@ -3,9 +3,10 @@
 Every operator replica runs a ``QueueMonitor``: it sets the queue-depth gauges on
 ``/metrics`` (what an HPA scales worker pools on, through a metrics adapter), and the
 replica that reconciles folds the same snapshot into each JobQueue's and pool's status.
-One snapshot is two statements for all queues (``JobStore.queue_stats``) and one for all
-workers (``JobStore.worker_counts``), whatever the number of queues, so hundreds of
-queues cost the database the same as one; the status timers only read the snapshot.
+One snapshot is a few statements for all queues (``JobStore.queue_stats``, and
+``JobStore.finished_counts`` when due) and one for all workers (``JobStore.worker_counts``),
+whatever the number of queues, so hundreds of queues cost the database the same as one;
+the status timers only read the snapshot.
 
 The finished jobs are counted less often when counting them is slow. That count reads one
 index entry per finished job the queues keep, millions with a long retention (about 150 ms

@@ -102,7 +102,7 @@ async def execute(
     stop: asyncio.Event,
     kill_grace_s: float,
     env_overridable: Collection[str] = (),
-    on_wait: Callable[[], None] = lambda: None,
+    on_wait: Callable[[], None] | None = None,
 ) -> ExecutionResult:
     """Run the assignment's command or handler to its end; never raises for the job's faults.
 
@@ -121,7 +121,8 @@ async def execute(
                 env=dict(command.env),
                 working_directory=command.working_directory,
             )
-            on_wait()
+            if on_wait is not None:
+                on_wait()
             return await run_command(
                 spec,
                 timeout_s=limit_s,

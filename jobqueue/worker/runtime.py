@@ -523,12 +523,12 @@ class Worker:
         # The start is reported once the job is seen to take a while (``execute``'s
         # ``on_wait``); a handler that ends in its first step reports its result alone,
         # which records the start too, and costs no Started report at all.
-        started: list[asyncio.Future[Answer]] = []
+        started: asyncio.Future[Answer] | None = None
 
         def report_start() -> None:
-            answer = self._started.submit(attempt.to_proto())
-            answer.add_done_callback(functools.partial(self._on_started_answer, attempt))
-            started.append(answer)
+            nonlocal started
+            started = self._started.submit(attempt.to_proto())
+            started.add_done_callback(functools.partial(self._on_started_answer, attempt))
 
         try:
             async with self._slots:
@@ -547,7 +547,7 @@ class Worker:
         # Recording is one synchronous step, so no cancellation can split it: the attempt
         # leaves ``_attempts`` in the same instant its result joins the reporter, and is
         # held (listed in heartbeats) throughout.
-        self._record(attempt, result, started[0] if started else None)
+        self._record(attempt, result, started)
 
     async def _execute(self, attempt: Attempt, on_wait: Callable[[], None]) -> ExecutionResult:
         self._debug(attempt, "Attempt %d started")
