@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -31,7 +31,7 @@ from jobqueue.errors import (
     PermissionDeniedError,
     UnavailableError,
 )
-from jobqueue.events.messages import KafkaMessage, all_topics
+from jobqueue.events.messages import RenderedEvent, all_topics, route_of
 from jobqueue.events.metrics import KAFKA_DELIVERY_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ _PERMISSION_CODES = frozenset(
     }
 )
 _PURGE_CODES = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
+_Headers = list[tuple[str, str | bytes | None]]  # as Producer.produce takes them
 
 
 class _LibrdkafkaLog:
@@ -160,9 +162,9 @@ def ensure_topics(
 class KafkaSender:
     """An idempotent producer that remembers which events the broker acknowledged.
 
-    ``send`` produces a batch, keyed by event id; ``wait`` serves delivery reports until
-    none is outstanding or the time is up; ``acknowledged`` is the set of event ids the
-    broker confirmed since the last ``send``.
+    ``send`` produces a batch of events under the settings' topic prefix; ``wait`` serves
+    delivery reports until none is outstanding or the time is up; ``acknowledged`` is the
+    set of event ids the broker confirmed since the last ``send``.
     """
 
     def __init__(self, settings: KafkaSettings, *, client_id: str = "jobqueue-outbox") -> None:
@@ -173,6 +175,8 @@ class KafkaSender:
             self._producer = Producer(config)
         except KafkaException as exception:
             raise wrap_kafka_error(exception.args[0], "creating the producer") from exception
+        self._prefix = settings.topic_prefix
+        self._routes: dict[str, tuple[str, tuple[str, bytes]]] = {}  # by event kind
         self._sent: list[int] = []
         self._failures: dict[int, KafkaError] = {}
         self._outage_since: float | None = None  # time.monotonic() of the first error
@@ -197,32 +201,55 @@ class KafkaSender:
     def failures(self) -> Mapping[int, KafkaError]:
         return dict(self._failures)
 
-    def send(self, messages: Sequence[tuple[int, KafkaMessage]]) -> None:
-        """Produce ``(event_id, message)`` pairs in order. Blocks while the local queue is full."""
-        self._sent = [event_id for event_id, _ in messages]
-        self._failures.clear()
-        for event_id, message in messages:
-            self._produce(event_id, message)
+    def send(self, events: Sequence[RenderedEvent]) -> None:
+        """Produce each event, in order, as ``messages.message_of`` describes it.
 
-    def _produce(self, event_id: int, message: KafkaMessage) -> None:
-        # Bound per message, so a failure names its event without reading the report.
-        report = functools.partial(self._on_failure, event_id, message.topic)
+        Blocks while the local queue is full. The message is not built as an object: the
+        key and value go to the producer as the text they are (it encodes them in C), and
+        the topic and kind header are made once per kind. Producing 30,000 events (five
+        alternating runs), that took this from 4.1-4.8 to 2.0-2.7 us of CPU per event.
+        """
+        self._sent = [event.id for event in events]
+        self._failures.clear()
+        produce = self._producer.produce
+        routes = self._routes
+        for event in events:
+            route = routes.get(event.kind) or self._route(event.kind)
+            topic = route[0]
+            headers: _Headers = [route[1], ("event-id", str(event.id).encode())]
+            # Bound per message, so a failure names its event without reading the report.
+            report = functools.partial(self._on_failure, event.id, topic)
+            try:
+                produce(topic, event.value, event.job_id, headers=headers, on_delivery=report)
+            except BufferError:
+                self._produce_when_there_is_room(event, topic, headers, report)
+            except KafkaException as exception:
+                # Refused before it left (too large, say): a failed delivery of this event.
+                self._failed(event.id, topic, exception.args[0])
+
+    def _route(self, kind: str) -> tuple[str, tuple[str, bytes]]:
+        route = self._routes[kind] = route_of(self._prefix, kind)
+        return route
+
+    def _produce_when_there_is_room(
+        self,
+        event: RenderedEvent,
+        topic: str,
+        headers: _Headers,
+        report: Callable[[KafkaError | None, Message | None], None],
+    ) -> None:
+        """Serve delivery reports until the full local queue takes the message."""
         while True:
+            self._producer.poll(0.1)
             try:
                 self._producer.produce(
-                    message.topic,
-                    value=message.value,
-                    key=message.key,
-                    headers=list(message.headers),
-                    on_delivery=report,
+                    topic, event.value, event.job_id, headers=headers, on_delivery=report
                 )
                 return
             except BufferError:
-                # The local queue is full: serve delivery reports to make room.
-                self._producer.poll(0.1)
+                continue
             except KafkaException as exception:
-                # Refused before it left (too large, say): a failed delivery of this event.
-                self._failed(event_id, message.topic, exception.args[0])
+                self._failed(event.id, topic, exception.args[0])
                 return
 
     def wait(self, timeout_s: float) -> int:

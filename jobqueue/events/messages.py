@@ -58,9 +58,9 @@ class OutboxEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-# RenderedEvent and KafkaMessage are made two per event on the relay's hot path; a frozen
-# dataclass spends about a microsecond more on each (its __init__ goes through
-# object.__setattr__), so these two are plain slotted ones. Nothing changes them.
+# A RenderedEvent is made per event on the relay's hot path; a frozen dataclass spends
+# about a microsecond more on each (its __init__ goes through object.__setattr__), so it
+# is a plain slotted one. Nothing changes it.
 @dataclass(slots=True)
 class RenderedEvent:
     """An event as the relay reads it: the value ``encode_event`` would give, already
@@ -88,8 +88,10 @@ class _Identified(Protocol):
     def id(self) -> int: ...
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True)
 class KafkaMessage:
+    """One event as a Kafka message: what ``message_of`` describes and the relay sends."""
+
     topic: str
     key: bytes
     value: bytes
@@ -110,6 +112,11 @@ def topic_for(prefix: str, kind: str) -> str:
     return f"{prefix}jobs.{kind.replace('_', '-')}"
 
 
+def route_of(prefix: str, kind: str) -> tuple[str, tuple[str, bytes]]:
+    """Where an event of ``kind`` goes, and the header that names its kind."""
+    return topic_for(prefix, kind), ("event-kind", kind.encode())
+
+
 def all_topics(prefix: str) -> list[str]:
     """The six topics, in lifecycle order."""
     return [topic_for(prefix, kind) for kind in EVENT_KINDS]
@@ -123,17 +130,21 @@ def rfc3339(moment: datetime) -> str:
 
 
 def message_of(prefix: str, event: RenderedEvent) -> KafkaMessage:
-    """The Kafka message of one event whose value is already rendered."""
+    """The Kafka message of one event whose value is already rendered.
+
+    ``KafkaSender.send`` produces exactly this for each event, without building it.
+    """
+    topic, kind_header = route_of(prefix, event.kind)
     return KafkaMessage(
-        topic=topic_for(prefix, event.kind),
+        topic=topic,
         key=event.job_id.encode(),
         value=event.value.encode(),
-        headers=(("event-kind", event.kind.encode()), ("event-id", str(event.id).encode())),
+        headers=(kind_header, ("event-id", str(event.id).encode())),
     )
 
 
-def stub_of(prefix: str, event: RenderedEvent, refusal: str) -> KafkaMessage:
-    """The message sent in place of an event the broker refused for good (too large, say).
+def stub_of(event: RenderedEvent, refusal: str) -> RenderedEvent:
+    """What is sent in place of an event the broker refused for good (too large, say).
 
     It is the event's document with an empty ``data`` and a ``data_omitted`` that says
     why, so consumers still see the change of state; the whole event stays in PostgreSQL,
@@ -142,8 +153,7 @@ def stub_of(prefix: str, event: RenderedEvent, refusal: str) -> KafkaMessage:
     document = json.loads(event.value)
     document["data"] = {}
     document["data_omitted"] = f"Kafka refused the whole event: {refusal}"
-    stub = dataclasses.replace(event, value=_ENCODER.encode(document))
-    return message_of(prefix, stub)
+    return dataclasses.replace(event, value=_ENCODER.encode(document))
 
 
 def encode_event(prefix: str, event: OutboxEvent) -> KafkaMessage:

@@ -70,7 +70,6 @@ from jobqueue.events.messages import (
     Position,
     RenderedEvent,
     acknowledged_prefix,
-    message_of,
     stub_of,
 )
 from jobqueue.events.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED, OUTBOX_REFUSED
@@ -351,8 +350,7 @@ class OutboxRelay:
         if not events:
             return self.idle_interval_s
 
-        messages = [(event.id, message_of(self._prefix, event)) for event in events]
-        await asyncio.to_thread(sender.send, messages)
+        await asyncio.to_thread(sender.send, events)
         await self._wait_for_deliveries(sender, stop)
 
         done = acknowledged_prefix(events, sender.acknowledged)
@@ -397,13 +395,10 @@ class OutboxRelay:
         (``stub_of``); a stub refused for good is skipped. Whatever this batch delivered
         after it is sent again behind it, as after any gap.
         """
-        tries = (
-            ("alone", message_of(self._prefix, event)),
-            ("stub", stub_of(self._prefix, event, error.str())),
-        )
+        tries = (("alone", event), ("stub", stub_of(event, error.str())))
         outcome = "skipped"
-        for name, message in tries:
-            sender.send([(event.id, message)])
+        for name, sent in tries:
+            sender.send([sent])
             await self._wait_for_deliveries(sender, stop)
             if event.id in sender.acknowledged:
                 outcome = name

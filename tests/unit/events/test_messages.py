@@ -15,6 +15,7 @@ from jobqueue.events import (
     acknowledged_prefix,
     all_topics,
     encode_event,
+    message_of,
     topic_for,
 )
 from jobqueue.events.messages import stub_of
@@ -81,7 +82,7 @@ def test_a_stub_is_the_event_without_its_data_saying_why() -> None:
     full = encode_event("jobqueue.", event)
     rendered = RenderedEvent(7, "job-1", "failed", full.value.decode(), xid="42")
 
-    stub = stub_of("jobqueue.", rendered, "Broker: Message size too large")
+    stub = message_of("jobqueue.", stub_of(rendered, "Broker: Message size too large"))
 
     document = json.loads(stub.value)
     assert document == json.loads(full.value) | {
