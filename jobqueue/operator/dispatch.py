@@ -84,6 +84,12 @@ class InFlight:
     started: bool = False
 
 
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class WorkerSession:
     info: WorkerInfo
@@ -93,12 +99,29 @@ class WorkerSession:
     draining: bool = False
     last_seen: float = field(default_factory=time.monotonic)
     reserved: int = 0  # slots offered to submits under way (see ``Scheduler.reserving``)
+    replaced: bool = False  # the worker registered again: nothing new is assigned here
+    # Claims and submits under way that were offered this session's slots (``offering``);
+    # ``settled`` is set while there are none.
+    offers: int = 0
+    settled: asyncio.Event = field(default_factory=_set_event)
 
     @property
     def free_slots(self) -> int:
-        if not self.streaming or self.draining:
+        if not self.streaming or self.draining or self.replaced:
             return 0
         return max(0, self.info.concurrency - len(self.in_flight) - self.reserved)
+
+    @contextlib.contextmanager
+    def offering(self) -> Iterator[None]:
+        """Mark a claim or submit under way that may assign jobs to this session's worker."""
+        self.offers += 1
+        self.settled.clear()
+        try:
+            yield
+        finally:
+            self.offers -= 1
+            if not self.offers:
+                self.settled.set()
 
 
 @dataclass(frozen=True)
@@ -205,13 +228,15 @@ class Scheduler:
             (self.sessions[worker_id], count)
             for worker_id, count in Counter(itertools.chain.from_iterable(offered.values())).items()
         ]
-        for session, count in reserved:
-            session.reserved += count
-        try:
-            yield DirectSlots(offered, self.settings.lease_s)
-        finally:
+        with contextlib.ExitStack() as offers:
             for session, count in reserved:
-                session.reserved -= count
+                session.reserved += count
+                offers.enter_context(session.offering())
+            try:
+                yield DirectSlots(offered, self.settings.lease_s)
+            finally:
+                for session, count in reserved:
+                    session.reserved -= count
 
     async def submitted(self, submitted: Sequence[Submitted]) -> None:
         """New jobs are in: push those assigned at insert, announce the others."""
@@ -253,11 +278,23 @@ class Scheduler:
     # Workers -----------------------------------------------------------------------------
 
     async def register(self, info: WorkerInfo, running: Sequence[AttemptRef]) -> WorkerSession:
-        """A worker (re)connected; the attempts it still runs keep their slots and leases."""
+        """A worker (re)connected; the attempts it still runs keep their slots and leases.
+
+        Whatever is assigned to the worker that it did not name never reached it: it went
+        down a stream that died, this replica's or another's (one that failed, say). It is
+        sent again, unless it is still queued for the old stream of this replica, which the
+        new stream takes over.
+        """
         await self.store.register_worker(info)
         previous = self.sessions.get(info.id)
         session = WorkerSession(info=info)
-        queued = _take_over(previous, session) if previous is not None else set()
+        if previous is not None:
+            # Nothing new is assigned on the old session from now on, and what was being
+            # assigned on it is queued before the database is asked what the worker lacks.
+            previous.replaced = True
+            await previous.settled.wait()
+            # Shared, so reports that arrive meanwhile free their slots in both.
+            session.in_flight = previous.in_flight
         for attempt in running:
             session.in_flight.setdefault(attempt, InFlight(info.queue, time.monotonic(), True))
         stop = await self.store.extend_leases(info.id, list(running), self.settings.lease_s)
@@ -266,15 +303,17 @@ class Scheduler:
         if stop:
             session.commands.put_nowait(_cancel_command(stop, "no longer assigned to this worker"))
         await self._release_unheld(session, running)
-        # A worker new to this replica (another one failed, or this one restarted) may have
-        # lost assignments pushed by the last; it is sent whatever is assigned to it and
-        # not named. Read before the session exists, so no claim of ours can be among them.
-        pushed_elsewhere = [] if previous else await self.store.unheld_assigned(info.id, running)
+        unheld = await self.store.unheld_assigned(info.id, running)
+
+        # No await from here on: the new session takes over in one step.
+        queued = _take_commands(previous, session) if previous is not None else set()
+        lost = [job for job in unheld if AttemptRef(job.id, job.attempt) not in queued]
+        held = {*running, *queued, *(AttemptRef(job.id, job.attempt) for job in lost)}
+        for attempt in [attempt for attempt in session.in_flight if attempt not in held]:
+            del session.in_flight[attempt]  # it moved on: finished, cancelled or recovered
         self.sessions[info.id] = session
-        if previous is not None:
-            await self._resend_lost(session, known=queued | set(running))
-        elif pushed_elsewhere:
-            self._resend(session, pushed_elsewhere)
+        if lost:
+            self._resend(session, lost)
         self._update_worker_gauges(info.queue)
         logger.info(
             "Worker %s registered for queue %s with %d slots.",
@@ -292,33 +331,6 @@ class Scheduler:
             session.in_flight.pop(AttemptRef(lost.job.id, _lost_attempt_number(lost)), None)
             metrics.JOBS_FINISHED.labels(lost.job.queue, "lost").inc()
             self.wake(lost.job.queue)
-
-    async def _resend_lost(self, session: WorkerSession, known: set[AttemptRef]) -> None:
-        """Send again what went down the old stream but never reached the worker.
-
-        An attempt this replica pushed that the worker neither runs nor has queued was lost
-        with the old stream. Still assigned to the worker and not started, it is sent
-        again as it is; one that has moved on (cancelled, recovered) frees its slot.
-        """
-        lost = [attempt for attempt in session.in_flight if attempt not in known]
-        if not lost:
-            return
-        current = {job.id: job for job in await self.store.get_many([a.job_id for a in lost])}
-        resend = []
-        for attempt in lost:
-            job = current.get(attempt.job_id)
-            if (
-                job is not None
-                and job.state is JobState.ASSIGNED
-                and job.worker_id == session.info.id
-                and job.attempt == attempt.attempt
-            ):
-                resend.append(job)
-            elif job is None or job.state is not JobState.RUNNING:
-                # A started attempt the worker no longer runs is its lease's to settle.
-                session.in_flight.pop(attempt, None)
-        if resend:
-            self._resend(session, resend)
 
     def _resend(self, session: WorkerSession, jobs: Sequence[Job]) -> None:
         logger.info(
@@ -493,11 +505,14 @@ class Scheduler:
         slots = self._slots(queue)
         if not slots:
             return 0
-        wanted = await self._rate_limited(queue, len(slots))
-        if wanted == 0:
-            return 0
-        jobs = await self.store.claim_for_dispatch(queue, slots[:wanted], self.settings.lease_s)
-        self._push(jobs)
+        with contextlib.ExitStack() as offers:
+            for worker_id in dict.fromkeys(slots):
+                offers.enter_context(self.sessions[worker_id].offering())
+            wanted = await self._rate_limited(queue, len(slots))
+            if wanted == 0:
+                return 0
+            jobs = await self.store.claim_for_dispatch(queue, slots[:wanted], self.settings.lease_s)
+            self._push(jobs)
         if len(jobs) == wanted and wanted == self.settings.claim_batch:
             self.wake(queue)  # more may be waiting: come back in the next cycle
         elif len(jobs) < wanted and self._unlimited(queue):
@@ -607,13 +622,10 @@ class Scheduler:
             self.wake(queue)
 
 
-def _take_over(previous: WorkerSession, session: WorkerSession) -> set[AttemptRef]:
-    """Give ``session`` what ``previous`` held; return the attempts of the commands moved.
-
-    Commands the old stream had not sent yet (assignments among them) go down the new one;
-    left behind, their jobs would wait for their leases to expire.
-    """
-    session.in_flight = previous.in_flight
+def _take_commands(previous: WorkerSession, session: WorkerSession) -> set[AttemptRef]:
+    """Move the commands the old stream had not sent yet (assignments among them) to the
+    new one; left behind, their jobs would wait for their leases to expire. Returns the
+    attempts of the assignments moved."""
     queued: set[AttemptRef] = set()
     while not previous.commands.empty():
         command = previous.commands.get_nowait()

@@ -7,7 +7,9 @@ No gRPC and no worker processes here: sessions are registered directly and each 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
 
 import pytest
 
@@ -308,3 +310,63 @@ async def test_a_worker_that_moves_replica_is_not_sent_what_it_runs(store: JobSt
 
     assert assigned_ids(moved) == []
     assert list(moved.in_flight) == [sent]
+
+
+async def test_a_worker_back_at_a_replica_that_still_knows_it_gets_what_another_sent_in_vain(
+    store: JobStore,
+) -> None:
+    stale = Scheduler(store, operator_id="stale")
+    await connected(stale, slots=2)  # it never saw the worker leave for the other replica
+    failed = Scheduler(store, operator_id="failed")
+    _, sent = await one_job_sent(failed)  # down a stream that then died with its replica
+
+    back = await stale.register(WorkerInfo("w", QUEUE, concurrency=2), [])
+
+    assert assigned_ids(back) == [sent.job_id]
+    assert list(back.in_flight) == [sent]
+    assert (await store.get(sent.job_id)).state is JobState.ASSIGNED
+
+
+class _WatchedEvent(asyncio.Event):
+    """An event that says when something began to wait for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = asyncio.Event()
+
+    async def wait(self) -> Literal[True]:
+        self.waited.set()
+        return await super().wait()
+
+
+async def test_a_claim_under_way_when_its_worker_registers_again_is_pushed_once(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduler = Scheduler(store, operator_id="test")
+    first = await connected(scheduler, slots=2)
+    await submit(scheduler)
+    claimed, go_on = asyncio.Event(), asyncio.Event()
+    claim = store.claim_for_dispatch
+
+    async def paused_after_commit(queue: str, slots: Sequence[str], lease_s: float) -> Any:
+        jobs = await claim(queue, slots, lease_s)
+        claimed.set()
+        await go_on.wait()  # committed, not pushed yet
+        return jobs
+
+    monkeypatch.setattr(store, "claim_for_dispatch", paused_after_commit)
+    first.settled = _WatchedEvent()
+    first.settled.set()
+    async with asyncio.timeout(10), asyncio.TaskGroup() as group:
+        dispatching = group.create_task(scheduler.dispatch_once())
+        await claimed.wait()
+        registering = group.create_task(
+            scheduler.register(WorkerInfo("w", QUEUE, concurrency=2), [])
+        )
+        await first.settled.waited.wait()  # the new registration waits for the claim
+        go_on.set()
+
+    assert dispatching.result() == 1
+    again = registering.result()
+    (attempt,) = again.in_flight
+    assert assigned_ids(again) == [attempt.job_id]  # once, not once more as "lost"
