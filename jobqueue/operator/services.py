@@ -33,7 +33,15 @@ from jobqueue.operator import convert
 from jobqueue.operator.dispatch import Scheduler
 from jobqueue.operator.rpc import handled, handled_stream, status_code
 from jobqueue.operator.submits import SubmitCoalescer
-from jobqueue.store import TERMINAL_STATES, AttemptRef, JobStore, NewJob, Submitted, WorkerInfo
+from jobqueue.store import (
+    TERMINAL_STATES,
+    AttemptRef,
+    JobStore,
+    NewJob,
+    ReportOutcome,
+    Submitted,
+    WorkerInfo,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -194,12 +202,12 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
     @handled
     async def Started(self, request: workers_pb2.StartedRequest, context: Context) -> Any:
         outcomes = await self._started(request.worker_id, request.jobs)
-        return workers_pb2.StartedResponse(outcomes=outcomes)
+        return workers_pb2.StartedResponse(outcomes=[_outcome(outcome) for outcome in outcomes])
 
     @handled
     async def Result(self, request: workers_pb2.ResultRequest, context: Context) -> Any:
         outcomes = await self._results(request.worker_id, request.results)
-        return workers_pb2.ResultResponse(outcomes=outcomes)
+        return workers_pb2.ResultResponse(outcomes=[_outcome(outcome) for outcome in outcomes])
 
     @handled_stream
     async def Report(
@@ -236,16 +244,25 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                 task.cancel()
 
     async def _answer(self, batch: workers_pb2.ReportBatch) -> workers_pb2.ReportAnswer:
-        """The batch's outcomes, or the status its unary call would have ended with."""
+        """The batch's outcomes, or the status its unary call would have ended with.
+
+        A worker that reads ``all_accepted`` is told just that when every item was
+        accepted, as almost every batch is: an outcome per item costs both sides about
+        3 us of Python per job.
+        """
         try:
-            outcomes: list[workers_pb2.ReportOutcome] = []
+            outcomes: list[ReportOutcome] = []
             if batch.started:
                 outcomes += await self._started(batch.worker_id, batch.started)
             # An empty batch still goes through Result's checks (an unknown worker is
             # NOT_FOUND), as an empty unary call would.
             if batch.results or not batch.started:
                 outcomes += await self._results(batch.worker_id, batch.results)
-            return workers_pb2.ReportAnswer(id=batch.id, outcomes=outcomes)
+            if batch.reads_all_accepted and all(outcome.accepted for outcome in outcomes):
+                return workers_pb2.ReportAnswer(id=batch.id, all_accepted=True)
+            return workers_pb2.ReportAnswer(
+                id=batch.id, outcomes=[_outcome(outcome) for outcome in outcomes]
+            )
         except JobQueueError as error:
             return _refused(batch.id, status_code(error), str(error))
         except Exception:
@@ -257,16 +274,14 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
 
     async def _started(
         self, worker_id: str, jobs: Sequence[workers_pb2.JobAttempt]
-    ) -> list[workers_pb2.ReportOutcome]:
-        outcomes = await self.scheduler.started(worker_id, convert.attempt_refs(jobs))
-        return [_outcome(outcome) for outcome in outcomes]
+    ) -> list[ReportOutcome]:
+        return await self.scheduler.started(worker_id, convert.attempt_refs(jobs))
 
     async def _results(
         self, worker_id: str, results: Sequence[workers_pb2.JobResult]
-    ) -> list[workers_pb2.ReportOutcome]:
+    ) -> list[ReportOutcome]:
         attempts = [convert.attempt_result(result) for result in results]
-        outcomes = await self.scheduler.results(worker_id, attempts)
-        return [_outcome(outcome) for outcome in outcomes]
+        return await self.scheduler.results(worker_id, attempts)
 
     @handled
     async def Heartbeat(self, request: workers_pb2.HeartbeatRequest, context: Context) -> Any:
@@ -302,7 +317,7 @@ def _refused(batch_id: int, code: grpc.StatusCode, message: str) -> workers_pb2.
     return workers_pb2.ReportAnswer(id=batch_id, error_code=code_number, error_message=message)
 
 
-def _outcome(outcome: Any) -> workers_pb2.ReportOutcome:
+def _outcome(outcome: ReportOutcome) -> workers_pb2.ReportOutcome:
     return workers_pb2.ReportOutcome(
         job=workers_pb2.JobAttempt(job_id=outcome.job_id, attempt=outcome.attempt),
         accepted=outcome.accepted,

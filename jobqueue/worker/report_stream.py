@@ -110,8 +110,8 @@ class ReportStream:
         *,
         started: Sequence[workers_pb2.JobAttempt] = (),
         results: Sequence[workers_pb2.JobResult] = (),
-    ) -> Sequence[workers_pb2.ReportOutcome]:
-        """Send one batch and wait for its outcomes; raises as a unary call would."""
+    ) -> workers_pb2.ReportAnswer:
+        """Send one batch and wait for its answer; raises as a unary call would."""
         if session is None:
             raise call_error(grpc.StatusCode.UNAVAILABLE, "the worker is not registered")
         stream = self._stream_for(stub, session, metadata)
@@ -120,7 +120,11 @@ class ReportStream:
         answer = asyncio.get_running_loop().create_future()
         stream.waiting[batch_id] = answer
         batch = workers_pb2.ReportBatch(
-            id=batch_id, worker_id=self.worker_id, started=started, results=results
+            id=batch_id,
+            worker_id=self.worker_id,
+            started=started,
+            results=results,
+            reads_all_accepted=True,
         )
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -141,7 +145,7 @@ class ReportStream:
             raise call_error(
                 _STATUS_CODES.get(reply.error_code, grpc.StatusCode.UNKNOWN), reply.error_message
             )
-        return reply.outcomes
+        return reply
 
     async def close(self) -> None:
         stream, self._stream = self._stream, None

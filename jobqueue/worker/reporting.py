@@ -68,7 +68,9 @@ class _Entry(Generic[Item]):
         return self.after is None or self.after.done()
 
 
-SendBatch = Callable[[list[Item]], Awaitable[Sequence[workers_pb2.ReportOutcome]]]
+SendBatch = Callable[[list[Item]], Awaitable[workers_pb2.ReportAnswer]]
+
+_ACCEPTED = Answer(True)
 
 
 class Reporter(Generic[Item]):
@@ -184,7 +186,7 @@ class Reporter(Generic[Item]):
         self._in_flight_keys = {entry.key for entry in batch}
         self.calls += 1
         try:
-            outcomes = await self._send([entry.item for entry in batch])
+            answer = await self._send([entry.item for entry in batch])
         except asyncio.CancelledError:
             self._put_back(batch)
             raise
@@ -201,7 +203,7 @@ class Reporter(Generic[Item]):
                 )  # fmt: skip
                 self._settle(batch, {}, default=Answer(False, describe(error)))
         else:
-            self._settle(batch, _match(batch, outcomes), default=None)
+            self._settle(batch, _answers(batch, answer), default=None)
         finally:
             self._in_flight = []
             self._in_flight_keys = set()
@@ -233,6 +235,15 @@ class Reporter(Generic[Item]):
                 )  # fmt: skip
             if not entry.answer.done():
                 entry.answer.set_result(answer)
+
+
+def _answers(
+    batch: Sequence[_Entry[Any]], answer: workers_pb2.ReportAnswer
+) -> dict[AttemptKey, Answer]:
+    """Each reported attempt's answer: all accepted at once, or outcome by outcome."""
+    if answer.all_accepted:
+        return dict.fromkeys((entry.key for entry in batch), _ACCEPTED)
+    return _match(batch, answer.outcomes)
 
 
 def _match(

@@ -423,16 +423,12 @@ class Worker:
             for job in response.stop:
                 self._stop_attempt((job.job_id, job.attempt), _DISOWNED)
 
-    async def _send_started(
-        self, jobs: list[workers_pb2.JobAttempt]
-    ) -> Sequence[workers_pb2.ReportOutcome]:
+    async def _send_started(self, jobs: list[workers_pb2.JobAttempt]) -> workers_pb2.ReportAnswer:
         return await self._reports.send(
             self._operator(), self._link.session, self._metadata(), started=jobs
         )
 
-    async def _send_results(
-        self, results: list[workers_pb2.JobResult]
-    ) -> Sequence[workers_pb2.ReportOutcome]:
+    async def _send_results(self, results: list[workers_pb2.JobResult]) -> workers_pb2.ReportAnswer:
         return await self._reports.send(
             self._operator(), self._link.session, self._metadata(), results=results
         )

@@ -526,9 +526,14 @@ class ReportBatch(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     STARTED_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    READS_ALL_ACCEPTED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Chosen by the worker, unique on the stream; the answer carries it back."""
     worker_id: _builtins.str
+    reads_all_accepted: _builtins.bool
+    """The worker reads ReportAnswer.all_accepted: an answer that accepts every item may
+    say so instead of listing an outcome for each.
+    """
     @_builtins.property
     def started(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobAttempt]:
         """What a StartedRequest and a ResultRequest carry; either may be empty. The started
@@ -544,10 +549,11 @@ class ReportBatch(_message.Message):
         worker_id: _builtins.str = ...,
         started: _abc.Iterable[Global___JobAttempt] | None = ...,
         results: _abc.Iterable[Global___JobResult] | None = ...,
+        reads_all_accepted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "results", b"results", "started", b"started", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "reads_all_accepted", b"reads_all_accepted", "results", b"results", "started", b"started", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -561,16 +567,19 @@ class ReportAnswer(_message.Message):
     OUTCOMES_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    ALL_ACCEPTED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     error_code: _builtins.int
     """Otherwise the gRPC status code (google.rpc.Code) the unary call would have ended
     with, and its message: NOT_FOUND for a worker this operator does not know, and so on.
     """
     error_message: _builtins.str
+    all_accepted: _builtins.bool
+    """Every item of the batch was accepted; set only for a batch with reads_all_accepted."""
     @_builtins.property
     def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReportOutcome]:
         """When the batch was handled: one outcome per reported item, in the order of the
-        batch, the started reports' first.
+        batch, the started reports' first. Empty when all_accepted is set.
         """
 
     def __init__(
@@ -580,10 +589,11 @@ class ReportAnswer(_message.Message):
         outcomes: _abc.Iterable[Global___ReportOutcome] | None = ...,
         error_code: _builtins.int = ...,
         error_message: _builtins.str = ...,
+        all_accepted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "id", b"id", "outcomes", b"outcomes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_accepted", b"all_accepted", "error_code", b"error_code", "error_message", b"error_message", "id", b"id", "outcomes", b"outcomes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -362,6 +362,52 @@ async def test_a_bad_report_batch_is_refused_alone_and_the_stream_goes_on(
     assert (await operator.client.get(job.id)).state == PENDING  # the bad batch changed nothing
 
 
+async def test_a_batch_all_accepted_is_answered_in_one_word_when_the_worker_reads_it(
+    operator: Operator,
+) -> None:
+    job = await operator.client.submit(job_spec(QUEUE, command=["true"]))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
+        stub = workers_pb2_grpc.WorkerServiceStub(channel)
+        await stub.Register(
+            workers_pb2.RegisterRequest(worker_id="hand", queue=QUEUE, concurrency=1)
+        )
+        stream = stub.Stream(workers_pb2.StreamRequest(worker_id="hand"))
+        command = await asyncio.wait_for(stream.read(), 10)
+        assert isinstance(command, workers_pb2.WorkerCommand)
+        (assignment,) = command.assignments.jobs
+        attempt = workers_pb2.JobAttempt(job_id=job.id, attempt=assignment.attempt)
+        result = workers_pb2.JobResult(job=attempt, outcome=workers_pb2.OUTCOME_SUCCEEDED)
+        call = stub.Report()
+        batches = [
+            workers_pb2.ReportBatch(
+                id=1, worker_id="hand", started=[attempt], reads_all_accepted=True
+            ),
+            # Started twice: refused, so each outcome is spelled out.
+            workers_pb2.ReportBatch(
+                id=2, worker_id="hand", started=[attempt], reads_all_accepted=True
+            ),
+            # From a worker that does not read all_accepted: outcomes, as before.
+            workers_pb2.ReportBatch(id=3, worker_id="hand", results=[result]),
+        ]
+        answers = []
+        for batch in batches:
+            await call.write(batch)
+            answers.append(await asyncio.wait_for(call.read(), 10))
+        call.cancel()
+        stream.cancel()
+
+    accepted, refused, listed = answers
+    assert isinstance(accepted, workers_pb2.ReportAnswer)
+    assert (accepted.id, accepted.all_accepted, len(accepted.outcomes)) == (1, True, 0)
+    assert isinstance(refused, workers_pb2.ReportAnswer)
+    assert (refused.id, refused.all_accepted) == (2, False)
+    assert [outcome.accepted for outcome in refused.outcomes] == [False]
+    assert isinstance(listed, workers_pb2.ReportAnswer)
+    assert (listed.id, listed.all_accepted) == (3, False)
+    assert [(o.job.job_id, o.accepted) for o in listed.outcomes] == [(job.id, True)]
+    assert (await operator.client.get(job.id)).state == jobs_pb2.JOB_STATE_SUCCEEDED
+
+
 def _runs_once_then_hangs() -> list[str]:
     """A command that adds an x to the file it is given, and hangs the first time only."""
     return python(

@@ -212,7 +212,10 @@ class ScriptedOperator(workers_pb2_grpc.WorkerServiceServicer):
                     worker_id=batch.worker_id, results=batch.results
                 )
                 outcomes += (await self.Result(results, context)).outcomes
-            answers.put_nowait(workers_pb2.ReportAnswer(id=batch.id, outcomes=outcomes))
+            if batch.reads_all_accepted and all(outcome.accepted for outcome in outcomes):
+                answers.put_nowait(workers_pb2.ReportAnswer(id=batch.id, all_accepted=True))
+            else:
+                answers.put_nowait(workers_pb2.ReportAnswer(id=batch.id, outcomes=outcomes))
 
         async def read() -> None:
             async with asyncio.TaskGroup() as group:
