@@ -466,13 +466,19 @@ class PreparedJob:
 def parse_arguments_json(text: str) -> Any:
     """A Python job's arguments from JSON text; InvalidInputError if it is not JSON."""
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return _ARGUMENTS_DECODER.decode(text)
     except ValueError as error:
         raise InvalidInputError(f"arguments: not valid JSON: {error}") from error
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+# One decoder and one encoder for every job: json.loads and json.dumps given any option
+# build a new one per call, which cost more than the small documents they then handle.
+_ARGUMENTS_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 # A NUL character in JSON that json.dumps wrote (ASCII only): the escape \u0000 after an
@@ -580,7 +586,7 @@ def validate_new_job(
 
     payload = _payload(job, kind, f"{where}payload")
     try:
-        payload_json = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        payload_json = _PAYLOAD_ENCODER.encode(payload)
     except (TypeError, ValueError) as error:
         raise InvalidInputError(f"{where}payload: not representable as JSON: {error}") from error
     if _JSON_NUL.search(payload_json):
