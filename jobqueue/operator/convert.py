@@ -68,29 +68,44 @@ _MAX_TIMEOUT_S = 7 * 24 * 3600
 
 
 # Timestamps and durations are built from whole seconds and nanoseconds: what protobuf's
-# FromDatetime and FromTimedelta compute, at a third of their cost (several per job).
+# FromDatetime and FromTimedelta compute, at a third of their cost (several per job). The
+# set_* forms fill a message's field in place: a message given to a constructor is copied,
+# which costs as much again: job_to_proto took 12.7 us with copies and 6.8-7.9 without,
+# an assignment pushed in a batch of 256 5.4-6.1 us against 2.1-2.4 (timeit).
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 def timestamp(moment: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
     if moment is None:
         return None
+    message = timestamp_pb2.Timestamp()
+    set_timestamp(message, moment)
+    return message
+
+
+def set_timestamp(field: timestamp_pb2.Timestamp, moment: datetime.datetime) -> None:
     since = moment - _EPOCH  # exact: both are aware, the difference is in microseconds
-    seconds = since.days * 86400 + since.seconds
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=since.microseconds * 1000)
+    field.seconds = since.days * 86400 + since.seconds
+    field.nanos = since.microseconds * 1000
 
 
 def duration(seconds: float | None) -> duration_pb2.Duration | None:
     if seconds is None:
         return None
+    message = duration_pb2.Duration()
+    set_duration(message, seconds)
+    return message
+
+
+def set_duration(field: duration_pb2.Duration, seconds: float) -> None:
     if seconds < 0:
-        message = duration_pb2.Duration()
-        message.FromTimedelta(datetime.timedelta(seconds=seconds))
-        return message
+        field.FromTimedelta(datetime.timedelta(seconds=seconds))
+        return
     # Rounded to the microsecond the way timedelta rounds: the fraction alone, half to even.
     fraction, whole = math.modf(seconds)
     carry, micros = divmod(round(fraction * 1_000_000), 1_000_000)
-    return duration_pb2.Duration(seconds=int(whole) + carry, nanos=micros * 1000)
+    field.seconds = int(whole) + carry
+    field.nanos = micros * 1000
 
 
 def seconds_of(message: duration_pb2.Duration) -> float:
@@ -145,56 +160,55 @@ def _payload(spec: jobs_pb2.JobSpec) -> tuple[JobKind, dict[str, Any]]:
 
 
 def job_to_proto(job: Job) -> jobs_pb2.Job:
-    message = jobs_pb2.Job(
-        id=job.id,
-        spec=_spec_to_proto(job),
-        state=STATE_TO_PROTO[job.state],
-        attempt=job.attempt,
-        max_attempts=job.max_attempts,
-        timeout=duration(job.timeout_s),
-        created_at=timestamp(job.created_at),
-        updated_at=timestamp(job.updated_at),
-        started_at=timestamp(job.started_at),
-        finished_at=timestamp(job.finished_at),
-        worker_id=job.worker_id or "",
-        last_error=job.last_error or "",
-        output=job.output or "",
-        output_truncated=job.output_truncated,
-        exit_code=job.exit_code or 0,
-    )
+    message = jobs_pb2.Job()
+    fill_job(message, job)
     return message
 
 
-def _spec_to_proto(job: Job) -> jobs_pb2.JobSpec:
-    spec = jobs_pb2.JobSpec(
-        queue=job.queue,
-        priority=job.priority,
-        max_attempts=job.max_attempts,
-        timeout=duration(job.timeout_s),
-        idempotency_key=job.idempotency_key or "",
-        labels=job.labels,
-        run_after=timestamp(job.run_after),
-    )
+def fill_job(message: jobs_pb2.Job, job: Job) -> None:
+    """``job_to_proto``, written into ``message`` (a new element of a repeated field, say)."""
+    message.id = job.id
+    message.state = STATE_TO_PROTO[job.state]
+    message.attempt = job.attempt
+    message.max_attempts = job.max_attempts
+    message.worker_id = job.worker_id or ""
+    message.last_error = job.last_error or ""
+    message.output = job.output or ""
+    message.output_truncated = job.output_truncated
+    message.exit_code = job.exit_code or 0
+    _fill_spec(message.spec, job)
+    set_duration(message.timeout, job.timeout_s)
+    set_timestamp(message.created_at, job.created_at)
+    set_timestamp(message.updated_at, job.updated_at)
+    if job.started_at is not None:
+        set_timestamp(message.started_at, job.started_at)
+    if job.finished_at is not None:
+        set_timestamp(message.finished_at, job.finished_at)
+
+
+def _fill_spec(spec: jobs_pb2.JobSpec, job: Job) -> None:
+    spec.queue = job.queue
+    spec.priority = job.priority
+    spec.max_attempts = job.max_attempts
+    set_duration(spec.timeout, job.timeout_s)
+    spec.idempotency_key = job.idempotency_key or ""
+    spec.labels.update(job.labels)
+    set_timestamp(spec.run_after, job.run_after)
     if job.kind is JobKind.COMMAND:
-        spec.command.CopyFrom(_command(job.payload))
+        _fill_command(spec.command, job.payload)
     else:
-        spec.python.CopyFrom(_python(job.payload))
-    return spec
+        _fill_python(spec.python, job.payload)
 
 
-def _command(payload: Mapping[str, Any]) -> jobs_pb2.CommandJob:
-    return jobs_pb2.CommandJob(
-        argv=payload.get("argv", []),
-        env=payload.get("env", {}),
-        working_directory=payload.get("working_directory", ""),
-    )
+def _fill_command(command: jobs_pb2.CommandJob, payload: Mapping[str, Any]) -> None:
+    command.argv.extend(payload.get("argv", []))
+    command.env.update(payload.get("env", {}))
+    command.working_directory = payload.get("working_directory", "")
 
 
-def _python(payload: Mapping[str, Any]) -> jobs_pb2.PythonJob:
-    return jobs_pb2.PythonJob(
-        handler=payload.get("handler", ""),
-        arguments_json=json.dumps(payload.get("arguments", {})),
-    )
+def _fill_python(python: jobs_pb2.PythonJob, payload: Mapping[str, Any]) -> None:
+    python.handler = payload.get("handler", "")
+    python.arguments_json = json.dumps(payload.get("arguments", {}))
 
 
 def event_to_proto(event: JobEvent) -> jobs_pb2.JobEvent:
@@ -220,36 +234,34 @@ def states_from_proto(states: Any) -> list[JobState]:
 # Workers -------------------------------------------------------------------------------
 
 
-def assignment(job: Job) -> workers_pb2.Assignment:
-    message = _assignment_of(job)
-    if job.kind is JobKind.COMMAND:
-        message.command.CopyFrom(_command(job.payload))
-    else:
-        message.python.CopyFrom(_python(job.payload))
+def assignment(job: Job | Claimed) -> workers_pb2.Assignment:
+    """What a worker is sent to run ``job``: from a whole job, or from one as the claim
+    gave it (a ``Claimed``, its arguments already JSON text)."""
+    message = workers_pb2.Assignment()
+    fill_assignment(message, job)
     return message
 
 
-def claimed_assignment(job: Claimed) -> workers_pb2.Assignment:
-    """``assignment`` for a job as the claim gave it, its arguments already JSON text."""
-    message = _assignment_of(job)
-    if job.command is not None:
-        message.command.CopyFrom(_command(job.command))
+def fill_assignment(message: workers_pb2.Assignment, job: Job | Claimed) -> None:
+    """``assignment``, written into ``message`` (a new element of a repeated field, say)."""
+    message.job_id = job.id
+    message.attempt = job.attempt
+    message.queue = job.queue
+    set_duration(message.timeout, job.timeout_s)
+    if job.assigned_at is not None:
+        set_timestamp(message.assigned_at, job.assigned_at)
+    if job.labels:
+        message.labels.update(job.labels)
+    if isinstance(job, Claimed):
+        if job.command is not None:
+            _fill_command(message.command, job.command)
+        else:
+            message.python.handler = job.handler or ""
+            message.python.arguments_json = job.arguments_json or "{}"
+    elif job.kind is JobKind.COMMAND:
+        _fill_command(message.command, job.payload)
     else:
-        message.python.handler = job.handler or ""
-        message.python.arguments_json = job.arguments_json or "{}"
-    return message
-
-
-def _assignment_of(job: Job | Claimed) -> workers_pb2.Assignment:
-    """An assignment's fields other than the job's command or handler."""
-    return workers_pb2.Assignment(
-        job_id=job.id,
-        attempt=job.attempt,
-        queue=job.queue,
-        timeout=duration(job.timeout_s),
-        assigned_at=timestamp(job.assigned_at),
-        labels=job.labels,
-    )
+        _fill_python(message.python, job.payload)
 
 
 def attempt_refs(attempts: Any) -> list[AttemptRef]:

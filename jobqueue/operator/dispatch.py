@@ -563,8 +563,12 @@ class Scheduler:
             for job in assigned:
                 ready_at = now - _age_s(job)
                 session.in_flight[AttemptRef(job.id, job.attempt)] = InFlight(job.queue, ready_at)
-            message = workers_pb2.Assignments(jobs=[_assignment(job) for job in assigned])
-            session.commands.put_nowait(workers_pb2.WorkerCommand(assignments=message))
+            # Built in place: a message given to a constructor is copied, field by field.
+            command = workers_pb2.WorkerCommand()
+            jobs_field = command.assignments.jobs
+            for job in assigned:
+                convert.fill_assignment(jobs_field.add(), job)
+            session.commands.put_nowait(command)
             self._update_worker_gauges(session.info.queue)
 
     async def _refresh_policies(self, force: bool = False) -> None:
@@ -645,12 +649,6 @@ def _lost_attempt_number(attempt: LostAttempt) -> int:
     # The store returns the job as it is after recovery; a recovered attempt never starts
     # a new one (that happens at the next claim), so the attempt number is the lost one's.
     return attempt.job.attempt
-
-
-def _assignment(job: Claimed | Job) -> workers_pb2.Assignment:
-    if isinstance(job, Claimed):
-        return convert.claimed_assignment(job)
-    return convert.assignment(job)
 
 
 def _age_s(job: Claimed | Job) -> float:

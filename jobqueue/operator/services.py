@@ -65,9 +65,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     @handled
     async def Submit(self, request: jobs_pb2.SubmitRequest, context: Context) -> Any:
         submitted = await self._submits.submit(convert.new_job(request.job))
-        return jobs_pb2.SubmitResponse(
-            job=convert.job_to_proto(submitted.job), created=submitted.created
-        )
+        response = jobs_pb2.SubmitResponse(created=submitted.created)
+        convert.fill_job(response.job, submitted.job)
+        return response
 
     @handled
     async def SubmitBatch(self, request: jobs_pb2.SubmitBatchRequest, context: Context) -> Any:
@@ -82,12 +82,11 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         # Shielded: once inserted, jobs assigned at submit must reach their workers even
         # if the caller goes away (they would wait for their leases otherwise).
         submitted = await asyncio.shield(self._submit_batch(new_jobs))
-        return jobs_pb2.SubmitBatchResponse(
-            results=[
-                jobs_pb2.SubmitResponse(job=convert.job_to_proto(item.job), created=item.created)
-                for item in submitted
-            ]
-        )
+        response = jobs_pb2.SubmitBatchResponse()
+        for item in submitted:
+            result = response.results.add(created=item.created)
+            convert.fill_job(result.job, item.job)
+        return response
 
     async def _submit_batch(self, jobs: Sequence[NewJob]) -> list[Submitted]:
         """Insert jobs (assigning them at once where a worker is free) and hand them on."""
@@ -116,9 +115,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             limit=request.page_size or 100,
             page_token=request.page_token or None,
         )
-        return jobs_pb2.ListJobsResponse(
-            jobs=[convert.job_to_proto(job) for job in jobs], next_page_token=next_token or ""
-        )
+        response = jobs_pb2.ListJobsResponse(next_page_token=next_token or "")
+        for job in jobs:
+            convert.fill_job(response.jobs.add(), job)
+        return response
 
     @handled
     async def Cancel(self, request: jobs_pb2.CancelJobRequest, context: Context) -> Any:

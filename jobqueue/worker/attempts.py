@@ -25,8 +25,6 @@ import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
-from google.protobuf import duration_pb2
-
 from jobqueue.api.v1 import workers_pb2
 from jobqueue.errors import InvalidInputError
 from jobqueue.worker.execution import (
@@ -157,13 +155,16 @@ def job_result(attempt: Attempt, result: ExecutionResult) -> workers_pb2.JobResu
     # cost; a run time is never negative (it is measured on the monotonic clock).
     fraction, whole = math.modf(max(0.0, result.run_time_s))
     carry, micros = divmod(round(fraction * 1_000_000), 1_000_000)
-    run_time = duration_pb2.Duration(seconds=int(whole) + carry, nanos=micros * 1000)
-    return workers_pb2.JobResult(
-        job=attempt.to_proto(),
+    message = workers_pb2.JobResult(
         outcome=PROTO_OUTCOMES[result.outcome],
         output=result.output,
         output_truncated=result.output_truncated,
         error=result.error,
         exit_code=result.exit_code or 0,
-        run_time=run_time,
     )
+    # Filled in place: a message given to the constructor would be copied.
+    message.job.job_id = attempt.job_id
+    message.job.attempt = attempt.number
+    message.run_time.seconds = int(whole) + carry
+    message.run_time.nanos = micros * 1000
+    return message

@@ -54,6 +54,4 @@ async def test_a_light_claim_gives_the_assignment_a_whole_job_gives(store: JobSt
     assert len(claimed) == len(JOBS)
     for light in claimed:
         whole = jobs[light.id]
-        assert comparable(convert.claimed_assignment(light)) == comparable(
-            convert.assignment(whole)
-        )
+        assert comparable(convert.assignment(light)) == comparable(convert.assignment(whole))
