@@ -34,7 +34,7 @@ from typing import Any, LiteralString, Self
 
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import AsyncRowFactory, DictRow, Row, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from jobqueue.errors import (
@@ -529,35 +529,51 @@ class JobStore:
         One statement. Returns [] for a paused queue; takes fewer under a concurrency
         limit; NotFoundError for an unknown queue.
         """
-        rows = await self._claim(queries.CLAIM, queue, worker_slots, lease_s)
+        rows = await self._claim(queries.CLAIM, queue, worker_slots, lease_s, dict_row)
+        rows.sort(key=lambda row: int(row["slot"]))
         return [_job_from_row(row) for row in rows]
 
     async def claim_for_dispatch(
         self, queue: str, worker_slots: Sequence[str], lease_s: float
     ) -> list[Claimed]:
-        """``claim``, answering with only what the jobs' assignments need (``Claimed``)."""
-        rows = await self._claim(queries.CLAIM_FOR_DISPATCH, queue, worker_slots, lease_s)
+        """``claim``, answering with only what the jobs' assignments need (``Claimed``).
+
+        Its rows are read as tuples: a dict per row cost more than the rest of reading it.
+        """
+        rows = await self._claim(
+            queries.CLAIM_FOR_DISPATCH, queue, worker_slots, lease_s, tuple_row
+        )
+        rows.sort(key=lambda row: int(row[-1]))  # the slot
         return [
             Claimed(
-                id=row["id"],
-                queue=row["queue"],
-                attempt=row["attempt"],
-                worker_id=row["worker_id"],
-                kind=_KINDS[row["kind"]],
-                timeout_s=row["timeout_s"],
-                assigned_at=row["assigned_at"],
-                run_after=row["run_after"],
-                labels=row["labels"] or {},
-                handler=row["handler"],
-                arguments_json=row["arguments_json"],
-                command=row["command"],
+                id=job_id,
+                queue=job_queue,
+                attempt=attempt,
+                worker_id=worker_id,
+                kind=_KINDS[kind],
+                timeout_s=timeout_s,
+                assigned_at=assigned_at,
+                run_after=run_after,
+                labels=labels or {},
+                handler=handler,
+                arguments_json=arguments_json,
+                command=command,
             )
-            for row in rows
-        ]
+            for (
+                job_id, job_queue, attempt, worker_id, kind, timeout_s, assigned_at, run_after,
+                labels, handler, arguments_json, command, _slot,
+            ) in rows
+        ]  # fmt: skip
 
     async def _claim(
-        self, query: LiteralString, queue: str, worker_slots: Sequence[str], lease_s: float
-    ) -> list[DictRow]:
+        self,
+        query: LiteralString,
+        queue: str,
+        worker_slots: Sequence[str],
+        lease_s: float,
+        row_factory: AsyncRowFactory[Row],
+    ) -> list[Row]:
+        """Run a claim statement; its rows in no particular order."""
         if not worker_slots:
             return []
         if not lease_s > 0:
@@ -570,12 +586,12 @@ class JobStore:
             "lease_expires_at": now + timedelta(seconds=lease_s),
         }
         async with self._connection() as connection:
+            cursor = connection.cursor(row_factory=row_factory)
             try:
-                cursor = await connection.execute(query, params)
+                await cursor.execute(query, params)
             except psycopg.errors.NoDataFound as error:
                 raise NotFoundError(f"unknown queue {queue!r}") from error
             rows = await cursor.fetchall()
-        rows.sort(key=lambda row: int(row["slot"]))
         logger.debug("Claimed %d jobs of queue %s.", len(rows), queue, extra={"queue": queue})
         return rows
 
