@@ -160,6 +160,7 @@ class Scheduler:
         # Queues whose last claim found fewer ready jobs than it had slots for, and that
         # nothing has woken since: a slot freed on one of them has nothing to take.
         self._drained: set[str] = set()
+        self._first_worker = 0  # where the next _slots starts among a queue's workers
         self._wakeup = asyncio.Event()
         self._job_changed: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         del clock  # the store owns time; kept in the signature for symmetry with tests
@@ -525,12 +526,20 @@ class Scheduler:
         return policy is not None and policy.concurrency_limit is None
 
     def _slots(self, queue: str) -> list[str]:
-        """One worker id per free slot, round-robin across the queue's workers."""
+        """One worker id per free slot, round-robin across the queue's workers.
+
+        Each call starts one worker further on, so jobs that come one at a time (a quiet
+        queue, assigned at submit) go round the workers too rather than all to the first.
+        """
         free = [
             [session.info.id] * session.free_slots
             for session in self.sessions.values()
             if session.info.queue == queue and session.free_slots
         ]
+        if len(free) > 1:
+            first = self._first_worker % len(free)
+            self._first_worker += 1
+            free = free[first:] + free[:first]
         interleaved = itertools.chain.from_iterable(itertools.zip_longest(*free))
         slots = [worker_id for worker_id in interleaved if worker_id is not None]
         return slots[: self.settings.claim_batch]

@@ -370,3 +370,33 @@ async def test_a_claim_under_way_when_its_worker_registers_again_is_pushed_once(
     again = registering.result()
     (attempt,) = again.in_flight
     assert assigned_ids(again) == [attempt.job_id]  # once, not once more as "lost"
+
+
+async def test_jobs_that_come_one_at_a_time_go_round_the_workers(store: JobStore) -> None:
+    scheduler = Scheduler(store, operator_id="test")
+    sessions = {}
+    for worker_id in ("w1", "w2"):
+        info = WorkerInfo(worker_id, QUEUE, concurrency=2)
+        sessions[worker_id] = await scheduler.register(info, [])
+        sessions[worker_id].streaming = True
+
+    async def finish_everything() -> None:
+        for worker_id, session in sessions.items():
+            results = [
+                AttemptResult(ref.job_id, ref.attempt, Outcome.SUCCEEDED, run_time_s=0.0)
+                for ref in session.in_flight
+            ]
+            await scheduler.results(worker_id, results)
+
+    await submit(scheduler)
+    assert await scheduler.dispatch_once() == 1  # one job for four slots: the queue drained
+    await finish_everything()
+
+    taken_by = []
+    for _ in range(4):
+        (job,) = await submit_through_api(scheduler)
+        assert job.state is JobState.ASSIGNED
+        taken_by.append(job.worker_id)
+        await finish_everything()
+
+    assert taken_by in (["w1", "w2", "w1", "w2"], ["w2", "w1", "w2", "w1"])
