@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -336,15 +338,22 @@ async def test_draining_or_stopping_an_unknown_worker_is_not_found(operator: Ope
         await operator.client.shutdown("nobody", reason="test")
 
 
-async def test_a_bad_report_batch_is_refused_alone_and_the_stream_goes_on(
-    operator: Operator,
-) -> None:
-    job = await operator.client.submit(job_spec(QUEUE, command=["true"]))
+@contextlib.asynccontextmanager
+async def worker_by_hand(operator: Operator) -> AsyncIterator[workers_pb2_grpc.WorkerServiceStub]:
+    """A WorkerService stub registered as worker "hand" with one slot, for calls by hand."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
         stub = workers_pb2_grpc.WorkerServiceStub(channel)
         await stub.Register(
             workers_pb2.RegisterRequest(worker_id="hand", queue=QUEUE, concurrency=1)
         )
+        yield stub
+
+
+async def test_a_bad_report_batch_is_refused_alone_and_the_stream_goes_on(
+    operator: Operator,
+) -> None:
+    job = await operator.client.submit(job_spec(QUEUE, command=["true"]))
+    async with worker_by_hand(operator) as stub:
         call = stub.Report()
         no_outcome = workers_pb2.JobResult(job=workers_pb2.JobAttempt(job_id=job.id, attempt=1))
         await call.write(workers_pb2.ReportBatch(id=1, worker_id="hand", results=[no_outcome]))
@@ -366,11 +375,7 @@ async def test_a_batch_all_accepted_is_answered_in_one_word_when_the_worker_read
     operator: Operator,
 ) -> None:
     job = await operator.client.submit(job_spec(QUEUE, command=["true"]))
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
-        stub = workers_pb2_grpc.WorkerServiceStub(channel)
-        await stub.Register(
-            workers_pb2.RegisterRequest(worker_id="hand", queue=QUEUE, concurrency=1)
-        )
+    async with worker_by_hand(operator) as stub:
         stream = stub.Stream(workers_pb2.StreamRequest(worker_id="hand"))
         command = await asyncio.wait_for(stream.read(), 10)
         assert isinstance(command, workers_pb2.WorkerCommand)
