@@ -1,9 +1,10 @@
-"""How a reporter reads the operator's answer to a batch: all accepted in one word, or
-outcome by outcome."""
+"""How a reporter sends its batches (a few calls at once) and reads the operator's
+answers: all accepted in one word, or outcome by outcome."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 
 from jobqueue.api.v1 import workers_pb2
@@ -62,3 +63,99 @@ async def test_an_answer_that_says_nothing_of_an_item_refuses_it() -> None:
     answers = await answers_to(["a"], lambda _: workers_pb2.ReportAnswer(id=1))
 
     assert answers == [Answer(False, "the operator did not answer for this report")]
+
+
+class HeldCalls:
+    """A ``send`` whose calls wait until the test lets each one go, accepting everything."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.began = asyncio.Condition()
+        self._release: list[asyncio.Event] = []
+
+    async def send(self, items: list[workers_pb2.JobAttempt]) -> workers_pb2.ReportAnswer:
+        released = asyncio.Event()
+        self._release.append(released)
+        async with self.began:
+            self.batches.append([item.job_id for item in items])
+            self.began.notify_all()
+        await released.wait()
+        return workers_pb2.ReportAnswer(all_accepted=True)
+
+    async def wait_for_calls(self, count: int) -> None:
+        async with self.began:
+            await self.began.wait_for(lambda: len(self.batches) >= count)
+
+    def release(self, call: int) -> None:
+        self._release[call].set()
+
+
+def started_reporter(send: HeldCalls) -> Reporter[workers_pb2.JobAttempt]:
+    link = Link()
+    link.establish(Session(1, "operator", heartbeat_interval_s=5, lease_s=30))
+    return Reporter(
+        "Started",
+        queue="q",
+        link=link,
+        send=send.send,
+        key=lambda item: (item.job_id, item.attempt),
+        max_calls_in_flight=3,
+    )
+
+
+def attempt(job_id: str) -> workers_pb2.JobAttempt:
+    return workers_pb2.JobAttempt(job_id=job_id, attempt=1)
+
+
+async def test_reports_go_at_once_while_fewer_calls_than_the_limit_are_out() -> None:
+    calls = HeldCalls()
+    reporter = started_reporter(calls)
+    async with asyncio.timeout(5), asyncio.TaskGroup() as group:
+        running = group.create_task(reporter.run())
+        first = reporter.submit(attempt("a"))
+        await calls.wait_for_calls(1)
+        # A report made while the first call is out does not wait for its answer.
+        second = reporter.submit(attempt("b"))
+        await calls.wait_for_calls(2)
+        third = reporter.submit(attempt("c"))
+        await calls.wait_for_calls(3)
+        # With the limit reached, later reports wait, and then go together.
+        later = [reporter.submit(attempt("d")), reporter.submit(attempt("e"))]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert calls.batches == [["a"], ["b"], ["c"]]
+        assert sorted(reporter.unanswered()) == [(job, 1) for job in "abcde"]
+
+        calls.release(0)
+        assert await first == Answer(True)
+        await calls.wait_for_calls(4)
+        assert calls.batches[3] == ["d", "e"]
+        for call in (1, 2, 3):
+            calls.release(call)
+        assert await asyncio.gather(second, third, *later) == [Answer(True)] * 4
+        await reporter.flushed()
+        running.cancel()
+
+
+async def test_calls_cut_short_leave_their_reports_to_be_sent_again() -> None:
+    calls = HeldCalls()
+    reporter = started_reporter(calls)
+    async with asyncio.timeout(5):
+        running = asyncio.create_task(reporter.run())
+        answers = [reporter.submit(attempt("a")), reporter.submit(attempt("b"))]
+        await calls.wait_for_calls(1)
+        answers.append(reporter.submit(attempt("c")))
+        await calls.wait_for_calls(2)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        # Nothing was answered, so nothing is lost: the next run sends all three.
+        assert not any(answer.done() for answer in answers)
+        assert sorted(reporter.unanswered()) == [("a", 1), ("b", 1), ("c", 1)]
+
+        again = HeldCalls()
+        reporter._send = again.send
+        rerun = asyncio.create_task(reporter.run())
+        await again.wait_for_calls(1)
+        assert sorted(job for batch in again.batches for job in batch) == ["a", "b", "c"]
+        rerun.cancel()
