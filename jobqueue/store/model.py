@@ -87,7 +87,7 @@ def new_job_id() -> str:
     in milliseconds and the other 74 (all but the version and variant) random.
 
     Ids made close in time sort close together. The jobs in play are the recent ones, so
-    their entries in the primary key and in ``job_events_by_job``, written again at each
+    their entries in the primary keys of ``jobs`` and ``job_events``, written again at each
     change of state, sit on a few hot pages at the end of each index instead of on random
     pages all over it (which version 4 ids gave). The real time is used, not the store's
     clock: the point is where the insert lands, and the random part keeps ids unique.

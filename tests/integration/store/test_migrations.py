@@ -67,6 +67,26 @@ def _partial_index_predicates(dsn: str) -> dict[str, str]:
     return {name: predicate for name, predicate in rows}
 
 
+def _primary_key(dsn: str, table: str) -> list[str]:
+    with psycopg.connect(dsn) as connection:
+        rows = connection.execute(
+            "SELECT a.attname FROM pg_index i"
+            " JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) ON true"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+            " WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.position",
+            (table,),
+        ).fetchall()
+    return [name for (name,) in rows]
+
+
+def _indexes(dsn: str, table: str) -> set[str]:
+    with psycopg.connect(dsn) as connection:
+        rows = connection.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = %s", (table,)
+        ).fetchall()
+    return {name for (name,) in rows}
+
+
 def test_migrations_create_the_schema_on_an_empty_database(empty_database: str) -> None:
     versions = [migration.version for migration in read_migrations()]
 
@@ -98,6 +118,9 @@ def test_migrations_create_the_schema_on_an_empty_database(empty_database: str) 
     assert "jobs_leases" not in predicates  # V5: jobs_in_flight serves lease recovery
     assert "IS NOT NULL" in predicates["jobs_idempotency"]
     assert "labels <> " in predicates["jobs_labels"]
+    # V6: the events are keyed by job, and no other index holds (job_id, id).
+    assert _primary_key(empty_database, "job_events") == ["job_id", "id"]
+    assert "job_events_by_job" not in _indexes(empty_database, "job_events")
 
 
 def test_the_outbox_progress_starts_before_the_oldest_event_left_unpublished(
