@@ -103,6 +103,15 @@ def table(results: Results) -> str:
         ),
         ("  CPU cores busy", _cores(latency.cpu_cores)),
     ]
+    if results.warm_up is not None:
+        warm_up = results.warm_up
+        rows[:0] = [
+            (
+                f"warm-up drain {warm_up.jobs} jobs",
+                f"{_rate(warm_up.jobs_per_s)} jobs/s (not counted; it warms the servers up)",
+            ),
+            ("  CPU per job", _per_job(warm_up.cpu_us_per_job)),
+        ]
     if results.profiled_drain is not None:
         profiled = results.profiled_drain
         rows.append(

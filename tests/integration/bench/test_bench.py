@@ -32,6 +32,8 @@ async def test_tiny_benchmark_reports_every_phase(
 
     results = await run_benchmark(config, servers, tmp_path, tmp_path / "profile.txt")
 
+    assert results.warm_up is not None
+    assert results.warm_up.jobs == config.warm_up_jobs
     assert results.drain.jobs == config.jobs
     assert results.drain.jobs_per_s > 0
     assert results.latency.jobs == round(config.latency_rate_per_s * config.latency_seconds)
@@ -47,5 +49,6 @@ async def test_tiny_benchmark_reports_every_phase(
     assert document["drain"]["jobs"] == config.jobs
     assert document["ratios"]["drain_to_reference_lifecycle"] > 0
     table = report.table(results)
+    assert "warm-up drain" in table
     assert "drain" in table
     assert "latency" in table
