@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pyinstrument import Profiler
 
-from jobqueue import logs
+from jobqueue import logs, memory
 from jobqueue.config import load_settings
 from jobqueue.operator.app import running_operator
 
@@ -66,6 +66,7 @@ async def serve(profile_output: Path) -> None:
     loop.add_signal_handler(signal.SIGUSR1, switch.start)
     loop.add_signal_handler(signal.SIGUSR2, switch.stop)
     async with running_operator(settings, migrate=False, with_kopf=False):
+        memory.freeze_startup()  # as jobqueue-operator does
         await stop.wait()
     switch.stop()
 

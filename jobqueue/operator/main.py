@@ -23,7 +23,7 @@ import psycopg
 import redis.asyncio
 from kubernetes import client as kube_client
 
-from jobqueue import __version__, logs
+from jobqueue import __version__, logs, memory
 from jobqueue.config import Settings, load_settings
 from jobqueue.errors import ConfigError, JobQueueError
 from jobqueue.health import Check, Health, run_checks
@@ -93,6 +93,7 @@ async def serve(settings: Settings, *, with_kopf: bool) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with running_operator(settings, with_kopf=with_kopf):
+        memory.freeze_startup()
         await stop.wait()
         logger.info("Stopping: finishing calls in flight, then closing connections.")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from jobqueue import __version__, health, logs
+from jobqueue import __version__, health, logs, memory
 from jobqueue.channels import ChannelSecurity, open_aio_channel
 from jobqueue.config import DEFAULT_TOKEN_FILE, WorkerSettings, load_settings, split_list
 from jobqueue.credentials import TokenFile
@@ -255,6 +255,7 @@ async def serve(config: WorkerConfig, registry: HandlerRegistry, http_address: s
             host, port = split_address(http_address, what="--http-address")
             checks = [health.Check("operator", registered, critical=True)]
             runner = await health.serve(checks, host, port)
+        memory.freeze_startup()
         await worker.run()
     finally:
         if runner is not None:

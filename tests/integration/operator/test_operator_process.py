@@ -103,5 +103,7 @@ def test_sigterm_stops_a_reconciling_operator_cleanly(
             process.kill()
 
     assert process.returncode == 0, output
+    # Started, it set its start-up objects aside from garbage collection (jobqueue.memory).
+    assert "start-up objects aside from garbage collection" in output
     assert "Stopping" in output
     assert "Traceback" not in output

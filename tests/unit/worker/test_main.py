@@ -106,6 +106,8 @@ async def test_sigterm_lets_the_running_job_finish_reports_it_and_deregisters(
     assert result.output == "finished\n"
     assert scripted.timeline[-2:] == ["result:job-1", "deregister"]
     assert '"Draining (received SIGTERM)' in stderr
+    # Before it served, it set its start-up objects aside from garbage collection.
+    assert "start-up objects aside from garbage collection" in stderr
 
 
 async def test_dry_run_against_a_reachable_operator_exits_zero(
