@@ -229,25 +229,7 @@ class _Phases:
         jobs = self.config.warm_up_jobs
         if not jobs:
             return None
-        since = datetime.now(UTC)
-        await phases.submit_batches(
-            self.client,
-            phases.noop_spec(QUEUE, handlers.NOOP),
-            jobs=jobs,
-            batch_size=self.config.batch_size,
-            callers=self.config.batch_callers,
-        )
-        await phases.wait_until_published(self.connection, self.alive)
-        drained = await phases.drain(
-            self.admin,
-            self.connection,
-            QUEUE,
-            jobs=jobs,
-            since=since,
-            timeout_s=self.config.drain_timeout_s,
-            alive=self.alive,
-            processes=self.processes,
-        )
+        drained = await self._drain(jobs, await self._submit_backlog(jobs))
         await phases.wait_until_published(self.connection, self.alive)
         await asyncio.to_thread(self.admin.pause, QUEUE)
         return drained
@@ -271,16 +253,7 @@ class _Phases:
     async def drain(self, since: datetime) -> phases.Drain:
         # The backlog's submitted events go out first, so the drain is timed on its own.
         await phases.wait_until_published(self.connection, self.alive)
-        return await phases.drain(
-            self.admin,
-            self.connection,
-            QUEUE,
-            jobs=self.config.jobs,
-            since=since,
-            timeout_s=self.config.drain_timeout_s,
-            alive=self.alive,
-            processes=self.processes,
-        )
+        return await self._drain(self.config.jobs, since)
 
     async def latency(self) -> phases.Latency:
         return await phases.steady_latency(
@@ -300,6 +273,20 @@ class _Phases:
         if not jobs:
             return None, None
         await asyncio.to_thread(self.admin.pause, QUEUE)
+        since = await self._submit_backlog(jobs)
+
+        self.operator.profile_output.unlink(missing_ok=True)
+        self.operator.signal(signal.SIGUSR1)
+        try:
+            drained = await self._drain(jobs, since)
+        finally:
+            self.operator.signal(signal.SIGUSR2)
+        await self._profile_written()
+        return drained, profiling.summarise(self.operator.profile_output, report)
+
+    async def _submit_backlog(self, jobs: int) -> datetime:
+        """Submit ``jobs`` to the paused queue and wait until their events are out; when
+        the submitting began."""
         since = datetime.now(UTC)
         await phases.submit_batches(
             self.client,
@@ -309,24 +296,19 @@ class _Phases:
             callers=self.config.batch_callers,
         )
         await phases.wait_until_published(self.connection, self.alive)
+        return since
 
-        self.operator.profile_output.unlink(missing_ok=True)
-        self.operator.signal(signal.SIGUSR1)
-        try:
-            drained = await phases.drain(
-                self.admin,
-                self.connection,
-                QUEUE,
-                jobs=jobs,
-                since=since,
-                timeout_s=self.config.drain_timeout_s,
-                alive=self.alive,
-                processes=self.processes,
-            )
-        finally:
-            self.operator.signal(signal.SIGUSR2)
-        await self._profile_written()
-        return drained, profiling.summarise(self.operator.profile_output, report)
+    async def _drain(self, jobs: int, since: datetime) -> phases.Drain:
+        return await phases.drain(
+            self.admin,
+            self.connection,
+            QUEUE,
+            jobs=jobs,
+            since=since,
+            timeout_s=self.config.drain_timeout_s,
+            alive=self.alive,
+            processes=self.processes,
+        )
 
     async def _profile_written(self) -> None:
         deadline = time.monotonic() + _PROFILE_WRITE_TIMEOUT_S
