@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace) -> BenchConfig:
+    """The run's settings; ValueError names a flag whose value no run could honour."""
     base = BenchConfig.tiny() if args.tiny else BenchConfig()
     chosen = {
         spec.name: getattr(args, spec.name)
@@ -66,8 +67,12 @@ async def _run(config: BenchConfig, run_dir: Path, profile_report: Path) -> Resu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = config_from(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from(args)
+    except ValueError as error:
+        parser.error(str(error))  # exits 2, before any server starts
     logs.configure("WARNING", format="text")
     run_dir = Path(tempfile.mkdtemp(prefix="jobqueue-bench-"))
     succeeded = False

@@ -68,6 +68,16 @@ class BenchConfig:
     # Seconds a drain may take before the run counts as failed.
     drain_timeout_s: float = 300.0
 
+    def __post_init__(self) -> None:
+        """Refuse a setting no run could honour, naming it as its command-line flag."""
+        may_be_zero = {"warm_up_jobs", "profile_jobs"}
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            least = "at least 0" if spec.name in may_be_zero else "over 0"
+            if value < 0 or (value == 0 and spec.name not in may_be_zero):
+                flag = "--" + spec.name.replace("_", "-")
+                raise ValueError(f"{flag}: must be {least}, got {value:g}")
+
     @classmethod
     def tiny(cls) -> BenchConfig:
         """A run of a few hundred jobs: seconds long, for the test that keeps this working."""
