@@ -14,6 +14,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -38,6 +39,19 @@ CODES: Mapping[type[errors.JobQueueError], grpc.StatusCode] = {
     errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
     errors.TemporaryError: grpc.StatusCode.UNAVAILABLE,
 }
+
+
+@dataclass(frozen=True)
+class RefusedMessage:
+    """A message of a stream that answers each message itself, refused before its method.
+
+    The auth interceptor hands the method this in place of a message it did not admit
+    (see ``Rule.answers_each``); the method answers it with ``error`` and goes on, where
+    any other stream would end with the refusal.
+    """
+
+    request: Any
+    error: errors.JobQueueError
 
 
 def status_code(error: errors.JobQueueError) -> grpc.StatusCode:

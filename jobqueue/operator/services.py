@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -31,7 +33,7 @@ from jobqueue.errors import InvalidInputError, JobQueueError, NotFoundError, Una
 from jobqueue.health import Health, Report
 from jobqueue.operator import convert
 from jobqueue.operator.dispatch import Scheduler
-from jobqueue.operator.rpc import handled, handled_stream, status_code
+from jobqueue.operator.rpc import RefusedMessage, handled, handled_stream, status_code
 from jobqueue.operator.submits import SubmitCoalescer
 from jobqueue.store import (
     TERMINAL_STATES,
@@ -49,6 +51,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 # Largest batch one SubmitBatch may carry; the store refuses more too.
 MAX_BATCH = 1000
+# Submits one SubmitStream may have waiting for their insert; past it, its next message is
+# read once one of them is answered.
+MAX_STREAM_SUBMITS_IN_FLIGHT = 1000
 # A page of List holds at most this many jobs.
 MAX_PAGE_SIZE = 500
 # Watch re-reads a job this often when no local change woke it (another replica's work).
@@ -68,6 +73,68 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         response = jobs_pb2.SubmitResponse(created=submitted.created)
         convert.fill_job(response.job, submitted.job)
         return response
+
+    @handled_stream
+    async def SubmitStream(
+        self,
+        requests: AsyncIterator[jobs_pb2.SubmitStreamRequest | RefusedMessage],
+        context: Context,
+    ) -> AsyncIterator[jobs_pb2.SubmitStreamResponse]:
+        """Single submits on one call (jobs.proto), each answered when its insert is done.
+
+        Each message joins the coalesced inserts as a Submit call's job does, with no task
+        of its own: its answer is queued from the insert's future. The stream ends once
+        the client has stopped writing and every message has been answered.
+        """
+        answers: asyncio.Queue[jobs_pb2.SubmitStreamResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Future[Submitted]] = set()
+
+        def answer(message_id: int, started: float, future: asyncio.Future[Submitted]) -> None:
+            pending.discard(future)
+            reply = _stream_answer(message_id, future)
+            code = _CODES_BY_NUMBER[reply.error_code].name
+            metrics.GRPC_CALL_DURATION.labels(SUBMIT_STREAM_MESSAGE, code).observe(
+                time.perf_counter() - started
+            )
+            answers.put_nowait(reply)
+
+        def take(message: jobs_pb2.SubmitStreamRequest | RefusedMessage) -> None:
+            started = time.perf_counter()
+            if isinstance(message, RefusedMessage):
+                answers.put_nowait(_stream_refusal(message.request.id, message.error))
+                return
+            try:
+                job = convert.new_job(message.submit.job)
+            except JobQueueError as error:
+                metrics.GRPC_CALL_DURATION.labels(
+                    SUBMIT_STREAM_MESSAGE, status_code(error).name
+                ).observe(time.perf_counter() - started)
+                answers.put_nowait(_stream_refusal(message.id, error))
+                return
+            future = self._submits.enqueue(job)
+            pending.add(future)
+            future.add_done_callback(functools.partial(answer, message.id, started))
+
+        async def read() -> None:
+            try:
+                async for message in requests:
+                    take(message)
+                    if len(pending) >= MAX_STREAM_SUBMITS_IN_FLIGHT:
+                        # Read no further until one is answered: gRPC's flow control
+                        # then holds the client back, where memory would otherwise grow.
+                        await asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED)
+                while pending:
+                    await asyncio.wait(list(pending))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read(), name="submit stream reader")
+        try:
+            while (reply := await answers.get()) is not None:
+                yield reply
+            await reader  # raises what ended the reading, if anything did
+        finally:
+            reader.cancel()
 
     @handled
     async def SubmitBatch(self, request: jobs_pb2.SubmitBatchRequest, context: Context) -> Any:
@@ -310,6 +377,49 @@ class HeartbeatSink:
             await self.state.heartbeat(worker_id, self.ttl_s, {"busy": busy, "free": free_slots})
         except UnavailableError:
             logger.debug("Heartbeat of %s not recorded in Redis.", worker_id)
+
+
+# The histogram label of one message of a SubmitStream (the stream itself is timed as
+# "SubmitStream", from its opening to its end).
+SUBMIT_STREAM_MESSAGE = "SubmitStream.message"
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _stream_answer(
+    message_id: int, future: asyncio.Future[Submitted]
+) -> jobs_pb2.SubmitStreamResponse:
+    """The answer to a stream's submit, from its insert's future (done)."""
+    if future.cancelled():
+        return _stream_refusal(
+            message_id, UnavailableError("the operator stopped before the job was submitted")
+        )
+    error = future.exception()
+    if error is None:
+        submitted = future.result()
+        reply = jobs_pb2.SubmitStreamResponse(id=message_id)
+        reply.submit.created = submitted.created
+        convert.fill_job(reply.submit.job, submitted.job)
+        return reply
+    if isinstance(error, JobQueueError):
+        return _stream_refusal(message_id, error)
+    # Answered INTERNAL, as a Submit call would be; the stream goes on.
+    logger.error("Unexpected error while submitting a job from a stream.", exc_info=error)
+    return _stream_error(
+        message_id, grpc.StatusCode.INTERNAL, "internal error; the operator log has details"
+    )
+
+
+def _stream_refusal(message_id: int, error: JobQueueError) -> jobs_pb2.SubmitStreamResponse:
+    return _stream_error(message_id, status_code(error), str(error))
+
+
+def _stream_error(
+    message_id: int, code: grpc.StatusCode, message: str
+) -> jobs_pb2.SubmitStreamResponse:
+    code_number: int = code.value[0]
+    return jobs_pb2.SubmitStreamResponse(
+        id=message_id, error_code=code_number, error_message=message
+    )
 
 
 def _refused(batch_id: int, code: grpc.StatusCode, message: str) -> workers_pb2.ReportAnswer:

@@ -46,13 +46,20 @@ class SubmitCoalescer:
         self._sender: asyncio.Task[None] | None = None
 
     async def submit(self, job: NewJob) -> Submitted:
+        # Shielded: a caller that gives up cancels neither the batch of the others nor the
+        # push of jobs assigned at submit (see JobService._submit_batch).
+        return await asyncio.shield(self.enqueue(job))
+
+    def enqueue(self, job: NewJob) -> asyncio.Future[Submitted]:
+        """Queue ``job`` for the next insert; the future holds its answer.
+
+        The future is cancelled only when the operator stops before the insert is made.
+        """
         answer: asyncio.Future[Submitted] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(job, answer))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send(), name="coalesced submits")
-        # Shielded: a caller that gives up cancels neither the batch of the others nor the
-        # push of jobs assigned at submit (see JobService._submit_batch).
-        return await asyncio.shield(answer)
+        return answer
 
     async def _send(self) -> None:
         while self._waiting:

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ajobqueue/api/v1/jobs.proto\x12\x0bjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n\nCommandJob\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12-\n\x03\x65nv\x18\x02 \x03(\x0b\x32 .jobqueue.v1.CommandJob.EnvEntry\x12\x19\n\x11working_directory\x18\x03 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\tPythonJob\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\"\xf3\x02\n\x07JobSpec\x12\r\n\x05queue\x18\x01 \x01(\t\x12*\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x17.jobqueue.v1.CommandJobH\x00\x12(\n\x06python\x18\x03 \x01(\x0b\x32\x16.jobqueue.v1.PythonJobH\x00\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x30\n\x06labels\x18\x08 \x03(\x0b\x32 .jobqueue.v1.JobSpec.LabelsEntry\x12-\n\trun_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"\xd3\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x04spec\x18\x02 \x01(\x0b\x32\x14.jobqueue.v1.JobSpec\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.jobqueue.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tworker_id\x18\x0b \x01(\t\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x0e\n\x06output\x18\r \x01(\t\x12\x18\n\x10output_truncated\x18\x0e \x01(\x08\x12\x11\n\texit_code\x18\x0f \x01(\x05\"2\n\rSubmitRequest\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.jobqueue.v1.JobSpec\"@\n\x0eSubmitResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"8\n\x12SubmitBatchRequest\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.jobqueue.v1.JobSpec\"C\n\x13SubmitBatchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.jobqueue.v1.SubmitResponse\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xd7\x01\n\x0fListJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12%\n\x06states\x18\x02 \x03(\x0e\x32\x15.jobqueue.v1.JobState\x12\x38\n\x06labels\x18\x03 \x03(\x0b\x32(.jobqueue.v1.ListJobsRequest.LabelsEntry\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.jobqueue.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1d\n\x0fRetryJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xb3\x01\n\x08JobEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12\'\n\x04kind\x18\x04 \x01(\x0e\x32\x19.jobqueue.v1.JobEventKind\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdata_json\x18\x07 \x01(\t\"\x1e\n\x10JobEventsRequest\x12\n\n\x02id\x18\x01 \x01(\t\":\n\x11JobEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.jobqueue.v1.JobEvent\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t*\xd0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x16\n\x12JOB_STATE_ASSIGNED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x1b\n\x17JOB_STATE_DEAD_LETTERED\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07*\xe1\x01\n\x0cJobEventKind\x12\x1e\n\x1aJOB_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18JOB_EVENT_KIND_SUBMITTED\x10\x01\x12\x1a\n\x16JOB_EVENT_KIND_STARTED\x10\x02\x12\x1c\n\x18JOB_EVENT_KIND_SUCCEEDED\x10\x03\x12\x19\n\x15JOB_EVENT_KIND_FAILED\x10\x04\x12 \n\x1cJOB_EVENT_KIND_DEAD_LETTERED\x10\x05\x12\x1c\n\x18JOB_EVENT_KIND_CANCELLED\x10\x06\x32\x93\x04\n\nJobService\x12\x41\n\x06Submit\x12\x1a.jobqueue.v1.SubmitRequest\x1a\x1b.jobqueue.v1.SubmitResponse\x12P\n\x0bSubmitBatch\x12\x1f.jobqueue.v1.SubmitBatchRequest\x1a .jobqueue.v1.SubmitBatchResponse\x12\x33\n\x03Get\x12\x1a.jobqueue.v1.GetJobRequest\x1a\x10.jobqueue.v1.Job\x12\x43\n\x04List\x12\x1c.jobqueue.v1.ListJobsRequest\x1a\x1d.jobqueue.v1.ListJobsResponse\x12\x39\n\x06\x43\x61ncel\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x10.jobqueue.v1.Job\x12\x37\n\x05Retry\x12\x1c.jobqueue.v1.RetryJobRequest\x1a\x10.jobqueue.v1.Job\x12G\n\x06\x45vents\x12\x1d.jobqueue.v1.JobEventsRequest\x1a\x1e.jobqueue.v1.JobEventsResponse\x12\x39\n\x05Watch\x12\x1c.jobqueue.v1.WatchJobRequest\x1a\x10.jobqueue.v1.Job0\x01\x42 Z\x1ejobqueue.dev/api/v1;jobqueuev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ajobqueue/api/v1/jobs.proto\x12\x0bjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n\nCommandJob\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12-\n\x03\x65nv\x18\x02 \x03(\x0b\x32 .jobqueue.v1.CommandJob.EnvEntry\x12\x19\n\x11working_directory\x18\x03 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\tPythonJob\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\"\xf3\x02\n\x07JobSpec\x12\r\n\x05queue\x18\x01 \x01(\t\x12*\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x17.jobqueue.v1.CommandJobH\x00\x12(\n\x06python\x18\x03 \x01(\x0b\x32\x16.jobqueue.v1.PythonJobH\x00\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x30\n\x06labels\x18\x08 \x03(\x0b\x32 .jobqueue.v1.JobSpec.LabelsEntry\x12-\n\trun_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"\xd3\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x04spec\x18\x02 \x01(\x0b\x32\x14.jobqueue.v1.JobSpec\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.jobqueue.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tworker_id\x18\x0b \x01(\t\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x0e\n\x06output\x18\r \x01(\t\x12\x18\n\x10output_truncated\x18\x0e \x01(\x08\x12\x11\n\texit_code\x18\x0f \x01(\x05\"2\n\rSubmitRequest\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.jobqueue.v1.JobSpec\"@\n\x0eSubmitResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"M\n\x13SubmitStreamRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12*\n\x06submit\x18\x02 \x01(\x0b\x32\x1a.jobqueue.v1.SubmitRequest\"z\n\x14SubmitStreamResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12+\n\x06submit\x18\x02 \x01(\x0b\x32\x1b.jobqueue.v1.SubmitResponse\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\"8\n\x12SubmitBatchRequest\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.jobqueue.v1.JobSpec\"C\n\x13SubmitBatchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.jobqueue.v1.SubmitResponse\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xd7\x01\n\x0fListJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12%\n\x06states\x18\x02 \x03(\x0e\x32\x15.jobqueue.v1.JobState\x12\x38\n\x06labels\x18\x03 \x03(\x0b\x32(.jobqueue.v1.ListJobsRequest.LabelsEntry\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.jobqueue.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1d\n\x0fRetryJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xb3\x01\n\x08JobEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12\'\n\x04kind\x18\x04 \x01(\x0e\x32\x19.jobqueue.v1.JobEventKind\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdata_json\x18\x07 \x01(\t\"\x1e\n\x10JobEventsRequest\x12\n\n\x02id\x18\x01 \x01(\t\":\n\x11JobEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.jobqueue.v1.JobEvent\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t*\xd0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x16\n\x12JOB_STATE_ASSIGNED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x1b\n\x17JOB_STATE_DEAD_LETTERED\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07*\xe1\x01\n\x0cJobEventKind\x12\x1e\n\x1aJOB_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18JOB_EVENT_KIND_SUBMITTED\x10\x01\x12\x1a\n\x16JOB_EVENT_KIND_STARTED\x10\x02\x12\x1c\n\x18JOB_EVENT_KIND_SUCCEEDED\x10\x03\x12\x19\n\x15JOB_EVENT_KIND_FAILED\x10\x04\x12 \n\x1cJOB_EVENT_KIND_DEAD_LETTERED\x10\x05\x12\x1c\n\x18JOB_EVENT_KIND_CANCELLED\x10\x06\x32\xec\x04\n\nJobService\x12\x41\n\x06Submit\x12\x1a.jobqueue.v1.SubmitRequest\x1a\x1b.jobqueue.v1.SubmitResponse\x12P\n\x0bSubmitBatch\x12\x1f.jobqueue.v1.SubmitBatchRequest\x1a .jobqueue.v1.SubmitBatchResponse\x12W\n\x0cSubmitStream\x12 .jobqueue.v1.SubmitStreamRequest\x1a!.jobqueue.v1.SubmitStreamResponse(\x01\x30\x01\x12\x33\n\x03Get\x12\x1a.jobqueue.v1.GetJobRequest\x1a\x10.jobqueue.v1.Job\x12\x43\n\x04List\x12\x1c.jobqueue.v1.ListJobsRequest\x1a\x1d.jobqueue.v1.ListJobsResponse\x12\x39\n\x06\x43\x61ncel\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x10.jobqueue.v1.Job\x12\x37\n\x05Retry\x12\x1c.jobqueue.v1.RetryJobRequest\x1a\x10.jobqueue.v1.Job\x12G\n\x06\x45vents\x12\x1d.jobqueue.v1.JobEventsRequest\x1a\x1e.jobqueue.v1.JobEventsResponse\x12\x39\n\x05Watch\x12\x1c.jobqueue.v1.WatchJobRequest\x1a\x10.jobqueue.v1.Job0\x01\x42 Z\x1ejobqueue.dev/api/v1;jobqueuev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,10 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSPEC_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LISTJOBSREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2107
-  _globals['_JOBSTATE']._serialized_end=2315
-  _globals['_JOBEVENTKIND']._serialized_start=2318
-  _globals['_JOBEVENTKIND']._serialized_end=2543
+  _globals['_JOBSTATE']._serialized_start=2310
+  _globals['_JOBSTATE']._serialized_end=2518
+  _globals['_JOBEVENTKIND']._serialized_start=2521
+  _globals['_JOBEVENTKIND']._serialized_end=2746
   _globals['_COMMANDJOB']._serialized_start=109
   _globals['_COMMANDJOB']._serialized_end=253
   _globals['_COMMANDJOB_ENVENTRY']._serialized_start=211
@@ -60,30 +60,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITREQUEST']._serialized_end=1203
   _globals['_SUBMITRESPONSE']._serialized_start=1205
   _globals['_SUBMITRESPONSE']._serialized_end=1269
-  _globals['_SUBMITBATCHREQUEST']._serialized_start=1271
-  _globals['_SUBMITBATCHREQUEST']._serialized_end=1327
-  _globals['_SUBMITBATCHRESPONSE']._serialized_start=1329
-  _globals['_SUBMITBATCHRESPONSE']._serialized_end=1396
-  _globals['_GETJOBREQUEST']._serialized_start=1398
-  _globals['_GETJOBREQUEST']._serialized_end=1425
-  _globals['_LISTJOBSREQUEST']._serialized_start=1428
-  _globals['_LISTJOBSREQUEST']._serialized_end=1643
+  _globals['_SUBMITSTREAMREQUEST']._serialized_start=1271
+  _globals['_SUBMITSTREAMREQUEST']._serialized_end=1348
+  _globals['_SUBMITSTREAMRESPONSE']._serialized_start=1350
+  _globals['_SUBMITSTREAMRESPONSE']._serialized_end=1472
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=1474
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=1530
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=1532
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=1599
+  _globals['_GETJOBREQUEST']._serialized_start=1601
+  _globals['_GETJOBREQUEST']._serialized_end=1628
+  _globals['_LISTJOBSREQUEST']._serialized_start=1631
+  _globals['_LISTJOBSREQUEST']._serialized_end=1846
   _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_start=628
   _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_end=673
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1645
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1720
-  _globals['_CANCELJOBREQUEST']._serialized_start=1722
-  _globals['_CANCELJOBREQUEST']._serialized_end=1768
-  _globals['_RETRYJOBREQUEST']._serialized_start=1770
-  _globals['_RETRYJOBREQUEST']._serialized_end=1799
-  _globals['_JOBEVENT']._serialized_start=1802
-  _globals['_JOBEVENT']._serialized_end=1981
-  _globals['_JOBEVENTSREQUEST']._serialized_start=1983
-  _globals['_JOBEVENTSREQUEST']._serialized_end=2013
-  _globals['_JOBEVENTSRESPONSE']._serialized_start=2015
-  _globals['_JOBEVENTSRESPONSE']._serialized_end=2073
-  _globals['_WATCHJOBREQUEST']._serialized_start=2075
-  _globals['_WATCHJOBREQUEST']._serialized_end=2104
-  _globals['_JOBSERVICE']._serialized_start=2546
-  _globals['_JOBSERVICE']._serialized_end=3077
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1848
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1923
+  _globals['_CANCELJOBREQUEST']._serialized_start=1925
+  _globals['_CANCELJOBREQUEST']._serialized_end=1971
+  _globals['_RETRYJOBREQUEST']._serialized_start=1973
+  _globals['_RETRYJOBREQUEST']._serialized_end=2002
+  _globals['_JOBEVENT']._serialized_start=2005
+  _globals['_JOBEVENT']._serialized_end=2184
+  _globals['_JOBEVENTSREQUEST']._serialized_start=2186
+  _globals['_JOBEVENTSREQUEST']._serialized_end=2216
+  _globals['_JOBEVENTSRESPONSE']._serialized_start=2218
+  _globals['_JOBEVENTSRESPONSE']._serialized_end=2276
+  _globals['_WATCHJOBREQUEST']._serialized_start=2278
+  _globals['_WATCHJOBREQUEST']._serialized_end=2307
+  _globals['_JOBSERVICE']._serialized_start=2749
+  _globals['_JOBSERVICE']._serialized_end=3369
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class JobServiceStub:
                 request_serializer=jobqueue_dot_api_dot_v1_dot_jobs__pb2.SubmitBatchRequest.SerializeToString,
                 response_deserializer=jobqueue_dot_api_dot_v1_dot_jobs__pb2.SubmitBatchResponse.FromString,
                 _registered_method=True)
+        self.SubmitStream = channel.stream_stream(
+                '/jobqueue.v1.JobService/SubmitStream',
+                request_serializer=jobqueue_dot_api_dot_v1_dot_jobs__pb2.SubmitStreamRequest.SerializeToString,
+                response_deserializer=jobqueue_dot_api_dot_v1_dot_jobs__pb2.SubmitStreamResponse.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/jobqueue.v1.JobService/Get',
                 request_serializer=jobqueue_dot_api_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
@@ -89,6 +94,19 @@ class JobServiceServicer:
 
     def SubmitBatch(self, request, context):
         """Submit many jobs in one round trip; all are accepted or none is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitStream(self, request_iterator, context):
+        """Single submits on one long-lived call, for a client that submits many one by one:
+        each message is handled as a Submit call would be and answered, by its id, as soon
+        as it is done (answers may come in another order). A message refused (an unknown
+        queue, a malformed job, a token not accepted, no right to submit to its queue) is
+        answered with the status Submit would have ended with, and the stream goes on.
+        Deadlines are the client's: a message whose answer comes too late may still have
+        created its job, as may a Submit call that exceeded its deadline.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +165,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.SubmitBatch,
                     request_deserializer=jobqueue_dot_api_dot_v1_dot_jobs__pb2.SubmitBatchRequest.FromString,
                     response_serializer=jobqueue_dot_api_dot_v1_dot_jobs__pb2.SubmitBatchResponse.SerializeToString,
+            ),
+            'SubmitStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitStream,
+                    request_deserializer=jobqueue_dot_api_dot_v1_dot_jobs__pb2.SubmitStreamRequest.FromString,
+                    response_serializer=jobqueue_dot_api_dot_v1_dot_jobs__pb2.SubmitStreamResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
@@ -233,6 +256,33 @@ class JobService:
             '/jobqueue.v1.JobService/SubmitBatch',
             jobqueue_dot_api_dot_v1_dot_jobs__pb2.SubmitBatchRequest.SerializeToString,
             jobqueue_dot_api_dot_v1_dot_jobs__pb2.SubmitBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/jobqueue.v1.JobService/SubmitStream',
+            jobqueue_dot_api_dot_v1_dot_jobs__pb2.SubmitStreamRequest.SerializeToString,
+            jobqueue_dot_api_dot_v1_dot_jobs__pb2.SubmitStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,15 @@ class JobServiceStub:
     """
     SubmitBatch: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SubmitBatchRequest, _jobs_pb2.SubmitBatchResponse]
     """Submit many jobs in one round trip; all are accepted or none is."""
+    SubmitStream: _grpc.StreamStreamMultiCallable[_jobs_pb2.SubmitStreamRequest, _jobs_pb2.SubmitStreamResponse]
+    """Single submits on one long-lived call, for a client that submits many one by one:
+    each message is handled as a Submit call would be and answered, by its id, as soon
+    as it is done (answers may come in another order). A message refused (an unknown
+    queue, a malformed job, a token not accepted, no right to submit to its queue) is
+    answered with the status Submit would have ended with, and the stream goes on.
+    Deadlines are the client's: a message whose answer comes too late may still have
+    created its job, as may a Submit call that exceeded its deadline.
+    """
     Get: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.Job]
     List: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
     """Jobs filtered by queue, state and labels, newest first, a page at a time."""
@@ -66,6 +75,15 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     SubmitBatch: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SubmitBatchRequest, _jobs_pb2.SubmitBatchResponse]  # type: ignore[assignment]
     """Submit many jobs in one round trip; all are accepted or none is."""
+    SubmitStream: _aio.StreamStreamMultiCallable[_jobs_pb2.SubmitStreamRequest, _jobs_pb2.SubmitStreamResponse]  # type: ignore[assignment]
+    """Single submits on one long-lived call, for a client that submits many one by one:
+    each message is handled as a Submit call would be and answered, by its id, as soon
+    as it is done (answers may come in another order). A message refused (an unknown
+    queue, a malformed job, a token not accepted, no right to submit to its queue) is
+    answered with the status Submit would have ended with, and the stream goes on.
+    Deadlines are the client's: a message whose answer comes too late may still have
+    created its job, as may a Submit call that exceeded its deadline.
+    """
     Get: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     List: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
     """Jobs filtered by queue, state and labels, newest first, a page at a time."""
@@ -96,6 +114,21 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.SubmitBatchResponse, _abc.Awaitable[_jobs_pb2.SubmitBatchResponse]]:
         """Submit many jobs in one round trip; all are accepted or none is."""
+
+    @_abc_1.abstractmethod
+    def SubmitStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_jobs_pb2.SubmitStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.SubmitStreamResponse], _abc.AsyncIterator[_jobs_pb2.SubmitStreamResponse]]:
+        """Single submits on one long-lived call, for a client that submits many one by one:
+        each message is handled as a Submit call would be and answered, by its id, as soon
+        as it is done (answers may come in another order). A message refused (an unknown
+        queue, a malformed job, a token not accepted, no right to submit to its queue) is
+        answered with the status Submit would have ended with, and the stream goes on.
+        Deadlines are the client's: a message whose answer comes too late may still have
+        created its job, as may a Submit call that exceeded its deadline.
+        """
 
     @_abc_1.abstractmethod
     def Get(

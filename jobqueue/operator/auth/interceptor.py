@@ -37,7 +37,7 @@ from jobqueue.operator.auth.model import Access, Identity
 from jobqueue.operator.auth.reviews import Reviews
 from jobqueue.operator.auth.rules import DEREGISTER, RULES, Rule, WorkerStep
 from jobqueue.operator.auth.workers import Admission, WorkerRegistrations
-from jobqueue.operator.rpc import abort, status_code
+from jobqueue.operator.rpc import RefusedMessage, abort, status_code
 
 logger = logging.getLogger(__name__)
 
@@ -134,11 +134,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]]:
         """Admit every message of a bidirectional stream, as if each were a unary call.
 
-        The token is the stream's, checked once when the first message arrives (like a
-        server stream's, it is not checked again when it expires later); what each
-        message names (the worker, its queue) is checked on every message. A refused
-        message ends the stream with the refusal's status before the method sees it.
+        What each message names (the worker, its queue) is checked on every message. A
+        refused message ends the stream with the refusal's status before the method sees
+        it, and the token is the stream's, checked once when the first message arrives
+        (like a server stream's, it is not checked again when it expires later).
+
+        A stream whose method answers each message itself (``Rule.answers_each``) is
+        treated as the unary calls it stands for: the token is checked on every message
+        too (from the cache, as a unary call's is), and a refused message reaches the
+        method as ``RefusedMessage``, to be answered while the stream goes on.
         """
+        if rule is not None and rule.answers_each:
+            return self._guard_each(method, rule, behaviour)
 
         async def guarded(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             async def admitted() -> AsyncIterator[Any]:
@@ -149,6 +156,31 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     check = self._authorize(method, identity, rule, request)
                     await self._refusing(method, context, check)
                     yield request
+
+            async for response in behaviour(admitted(), context):
+                yield response
+
+        return guarded
+
+    def _guard_each(
+        self,
+        method: str,
+        rule: Rule,
+        behaviour: Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]],
+    ) -> Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]]:
+        name = method.rpartition("/")[2]
+
+        async def guarded(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+            async def admitted() -> AsyncIterator[Any]:
+                async for request in requests:
+                    try:
+                        identity = await self._identify(context)
+                        await self._authorize(method, identity, rule, request)
+                    except JobQueueError as error:
+                        metrics.GRPC_CALLS_REFUSED.labels(name, status_code(error).name).inc()
+                        yield RefusedMessage(request, error)
+                    else:
+                        yield request
 
             async for response in behaviour(admitted(), context):
                 yield response

@@ -11,6 +11,7 @@ registration they name (see ``workers``).
     method                         verb      queue checked
     JobService/Submit              submit    job.queue
     JobService/SubmitBatch         submit    every distinct jobs[].queue
+    JobService/SubmitStream        submit    submit.job.queue, message by message
     JobService/Get, Events         get       the job's queue
     JobService/List                list      queue; cluster-wide when empty
     JobService/Cancel              cancel    the job's queue
@@ -57,6 +58,10 @@ class Rule:
     verb: str
     queues: QueueFinder | None  # None: the registration decides (worker calls)
     worker: WorkerStep = WorkerStep.NONE
+    # A stream whose method answers each message itself: a message refused is handed to
+    # the method as ``rpc.RefusedMessage`` to be answered, and the stream goes on. On
+    # other streams a refused message ends the stream.
+    answers_each: bool = False
 
 
 def _named(read: Callable[[Any], str], what: str) -> QueueFinder:
@@ -120,6 +125,9 @@ RULES: Mapping[str, Rule] = MappingProxyType(
     {
         _jobs("Submit"): Rule("submit", _named(lambda r: r.job.queue, "job.queue")),
         _jobs("SubmitBatch"): Rule("submit", _batch_queues),
+        _jobs("SubmitStream"): Rule(
+            "submit", _named(lambda r: r.submit.job.queue, "submit.job.queue"), answers_each=True
+        ),
         _jobs("Get"): Rule("get", _job_queue),
         _jobs("Events"): Rule("get", _job_queue),
         _jobs("List"): Rule("list", _named_or_every(lambda r: r.queue)),
