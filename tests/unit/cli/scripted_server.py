@@ -172,9 +172,36 @@ class ScriptedServer(jobs_pb2_grpc.JobServiceServicer, admin_pb2_grpc.AdminServi
         return self.status
 
 
-def serve() -> tuple[grpc.Server, ScriptedServer]:
-    """A started server on a free loopback port; its address is on the ScriptedServer."""
-    scripted = ScriptedServer()
+class StreamingScriptedServer(ScriptedServer):
+    """The scripted server with ``SubmitStream``; the plain one lacks it, as an operator
+    from before it did (its servicer answers UNIMPLEMENTED)."""
+
+    # A job for this queue is never answered on the stream, to provoke a deadline.
+    SILENT_QUEUE = "silent"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams_opened = 0
+
+    def SubmitStream(
+        self, requests: Iterator[jobs_pb2.SubmitStreamRequest], context: Any
+    ) -> Iterator[jobs_pb2.SubmitStreamResponse]:
+        self.streams_opened += 1
+        for message in requests:
+            self._receive(message, context)
+            if message.submit.job.queue == self.SILENT_QUEUE:
+                continue
+            reply = jobs_pb2.SubmitStreamResponse(id=message.id)
+            reply.submit.job.CopyFrom(self._create(message.submit.job))
+            reply.submit.created = True
+            yield reply
+
+
+def serve(*, streaming: bool = False) -> tuple[grpc.Server, ScriptedServer]:
+    """A started server on a free loopback port; its address is on the ScriptedServer.
+
+    ``streaming`` gives it ``SubmitStream`` (a ``StreamingScriptedServer``)."""
+    scripted = StreamingScriptedServer() if streaming else ScriptedServer()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     jobs_pb2_grpc.add_JobServiceServicer_to_server(scripted, server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(scripted, server)
