@@ -110,7 +110,7 @@ class Percentiles:
 
 @dataclass(frozen=True)
 class SubmitRate:
-    method: str  # "Submit" or "SubmitBatch"
+    method: str  # "Submit", "SubmitStream" (single submits on one call) or "SubmitBatch"
     jobs: int
     batch_size: int
     callers: int  # calls in flight at once
@@ -135,7 +135,7 @@ class Latency:
     target_per_s: float
     achieved_per_s: float
     jobs: int
-    failed_submits: int  # Submit calls that failed (an overloaded operator refuses some)
+    failed_submits: int  # submits that failed (an overloaded operator refuses some)
     accepted_to_started: Percentiles  # the store's created_at to started_at
     sent_to_started: Percentiles  # the benchmark's send time to started_at
     cpu_cores: dict[str, float]  # cores each group of processes kept busy meanwhile
@@ -166,14 +166,13 @@ async def _timed_calls(
 
 
 async def submit_singles(
-    client: AsyncClient, spec: jobs_pb2.JobSpec, *, jobs: int, callers: int
+    client: AsyncClient, spec: jobs_pb2.JobSpec, *, jobs: int, callers: int, method: str
 ) -> SubmitRate:
-    """``jobs`` Submit calls, ``callers`` at a time."""
+    """``jobs`` single submits, ``callers`` at a time, the way ``client`` sends them
+    (``method`` names that way in the results)."""
     calls = [lambda: client.submit(spec) for _ in range(jobs)]
     seconds, durations = await _timed_calls(calls, callers)
-    return SubmitRate(
-        "Submit", jobs, 1, callers, seconds, jobs / seconds, Percentiles.of(durations)
-    )
+    return SubmitRate(method, jobs, 1, callers, seconds, jobs / seconds, Percentiles.of(durations))
 
 
 async def submit_batches(

@@ -71,6 +71,7 @@ def table(results: Results) -> str:
             f" {_rate(after.lifecycle_jobs_per_s)})",
         ),
         ("Submit, one job per call", _submit_line(results.submit)),
+        ("SubmitStream, one job per message", _submit_line(results.submit_stream)),
         (
             f"SubmitBatch, {results.submit_batch.batch_size} per call",
             _submit_line(results.submit_batch)
@@ -91,7 +92,8 @@ def table(results: Results) -> str:
         ("  CPU cores busy", _cores(drain.cpu_cores)),
         ("  CPU per job", _per_job(drain.cpu_us_per_job)),
         (
-            f"latency at {latency.target_per_s:g} jobs/s",
+            f"latency at {latency.target_per_s:g} jobs/s"
+            + (" (SubmitStream)" if config.latency_submits == "stream" else " (Submit calls)"),
             f"accepted to started: {_percentiles(latency.accepted_to_started)}"
             f" (target p50 {TARGET_P50_MS:g}, p99 {TARGET_P99_MS:g})",
         ),
@@ -99,7 +101,7 @@ def table(results: Results) -> str:
             "",
             f"sent to started:     {_percentiles(latency.sent_to_started)}"
             f" ({latency.jobs} jobs, offered {latency.achieved_per_s:.0f}/s,"
-            f" {latency.failed_submits} Submit calls failed)",
+            f" {latency.failed_submits} submits failed)",
         ),
         ("  CPU cores busy", _cores(latency.cpu_cores)),
     ]

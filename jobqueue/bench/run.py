@@ -4,11 +4,13 @@ Order, and why:
 
 1. the database reference, with the operator and workers up but idle (the queue is
    paused), so it sees the same background load the queue will;
-2. Submit calls on a queue no worker serves, then the drain's backlog in SubmitBatch
-   calls on the paused queue: submit rates without dispatch competing;
+2. single submits on a queue no worker serves, as Submit calls and on a SubmitStream
+   (the Python client's way), then the drain's backlog in SubmitBatch calls on the
+   paused queue: submit rates without dispatch competing;
 3. the relay publishes the backlog's ``submitted`` events, then the drain runs: resume
    the queue and time it until every job succeeded and every event is published;
-4. dispatch latency at a steady rate, one Submit per job;
+4. dispatch latency at a steady rate, one single submit per job (on the client's
+   SubmitStream, or as Submit calls with ``--latency-submits unary``);
 5. a second, profiled drain (profiling slows the operator, so the headline drain runs
    without it);
 6. the reference again: the two passes bracket the queue's phases, and their spread shows
@@ -37,6 +39,9 @@ from jobqueue.store import JobStore, QueuePolicy
 QUEUE = "bench"
 UNSERVED_QUEUE = "bench-unserved"
 
+# How the latency phase may submit its jobs (BenchConfig.latency_submits).
+LATENCY_SUBMITS = ("stream", "unary")
+
 # Seconds the benchmark waits for the profile after asking the operator to write it.
 _PROFILE_WRITE_TIMEOUT_S = 30.0
 
@@ -52,7 +57,8 @@ class BenchConfig:
     # Jobs per SubmitBatch call, and SubmitBatch calls in flight at once.
     batch_size: int = 500
     batch_callers: int = 2
-    # Single Submit calls, and how many are in flight at once.
+    # Single submits (each way: Submit calls, and messages on a SubmitStream), and how
+    # many are in flight at once.
     single_jobs: int = 2_000
     single_callers: int = 8
     # Worker processes, and the jobs each runs at once.
@@ -61,6 +67,9 @@ class BenchConfig:
     # The steady submit rate of the latency phase (jobs per second) and its length.
     latency_rate_per_s: float = 500.0
     latency_seconds: float = 10.0
+    # How the latency phase submits: "stream" (the Python client's default, one
+    # SubmitStream call for all) or "unary" (a Submit call per job), to compare the two.
+    latency_submits: str = "stream"
     # Jobs in the profiled drain; 0 skips it.
     profile_jobs: int = 10_000
     # Rows per reference pass.
@@ -71,8 +80,15 @@ class BenchConfig:
     def __post_init__(self) -> None:
         """Refuse a setting no run could honour, naming it as its command-line flag."""
         may_be_zero = {"warm_up_jobs", "profile_jobs"}
+        if self.latency_submits not in LATENCY_SUBMITS:
+            raise ValueError(
+                f"--latency-submits: must be one of {', '.join(LATENCY_SUBMITS)},"
+                f" got {self.latency_submits!r}"
+            )
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
+            if isinstance(value, str):
+                continue
             least = "at least 0" if spec.name in may_be_zero else "over 0"
             if value < 0 or (value == 0 and spec.name not in may_be_zero):
                 flag = "--" + spec.name.replace("_", "-")
@@ -113,6 +129,7 @@ class Results:
     reference_before: reference.Reference
     reference_after: reference.Reference
     submit: phases.SubmitRate
+    submit_stream: phases.SubmitRate
     submit_batch: phases.SubmitRate
     drain: phases.Drain
     latency: phases.Latency
@@ -171,15 +188,18 @@ async def run_benchmark(
                 run_dir=run_dir,
             ) as workers,
             AsyncClient(operator.address, plaintext=True, timeout_s=30.0) as client,
+            AsyncClient(
+                operator.address, plaintext=True, timeout_s=30.0, stream_submits=False
+            ) as unary_client,
         ):
             await stack.wait_for_workers(client, QUEUE, workers, operator)
             admin = Client(operator.address, plaintext=True, timeout_s=30.0)
             connection = await phases.open_connection(database_url)
             try:
-                run = _Phases(config, client, admin, connection, operator, workers)
+                run = _Phases(config, client, unary_client, admin, connection, operator, workers)
                 warm_up = await run.warm_up()
                 reference_before = await run.reference(database_url)
-                submit, submit_batch, since = await run.submits()
+                submit, submit_stream, submit_batch, since = await run.submits()
                 drained = await run.drain(since)
                 latency = await run.latency()
                 profiled, profile = await run.profiled_drain(profile_report)
@@ -196,6 +216,7 @@ async def run_benchmark(
         reference_before=reference_before,
         reference_after=reference_after,
         submit=submit,
+        submit_stream=submit_stream,
         submit_batch=submit_batch,
         drain=drained,
         latency=latency,
@@ -210,7 +231,8 @@ class _Phases:
     """The phases, sharing the run's connections; each leaves the served queue empty."""
 
     config: BenchConfig
-    client: AsyncClient
+    client: AsyncClient  # single submits on a SubmitStream
+    unary_client: AsyncClient  # single submits as Submit calls
     admin: Client
     connection: phases.Connection
     operator: stack.OperatorProcess
@@ -244,11 +266,24 @@ class _Phases:
         await asyncio.to_thread(self.admin.pause, QUEUE)
         return drained
 
-    async def submits(self) -> tuple[phases.SubmitRate, phases.SubmitRate, datetime]:
+    async def submits(
+        self,
+    ) -> tuple[phases.SubmitRate, phases.SubmitRate, phases.SubmitRate, datetime]:
         config = self.config
         unserved = phases.noop_spec(UNSERVED_QUEUE, handlers.NOOP)
         single = await phases.submit_singles(
-            self.client, unserved, jobs=config.single_jobs, callers=config.single_callers
+            self.unary_client,
+            unserved,
+            jobs=config.single_jobs,
+            callers=config.single_callers,
+            method="Submit",
+        )
+        streamed = await phases.submit_singles(
+            self.client,
+            unserved,
+            jobs=config.single_jobs,
+            callers=config.single_callers,
+            method="SubmitStream",
         )
         since = datetime.now(UTC)
         batch = await phases.submit_batches(
@@ -258,7 +293,7 @@ class _Phases:
             batch_size=config.batch_size,
             callers=config.batch_callers,
         )
-        return single, batch, since
+        return single, streamed, batch, since
 
     async def drain(self, since: datetime) -> phases.Drain:
         # The backlog's submitted events go out first, so the drain is timed on its own.
@@ -266,8 +301,9 @@ class _Phases:
         return await self._drain(self.config.jobs, since)
 
     async def latency(self) -> phases.Latency:
+        streamed = self.config.latency_submits == "stream"
         return await phases.steady_latency(
-            self.client,
+            self.client if streamed else self.unary_client,
             self.connection,
             phases.noop_spec(QUEUE, handlers.NOOP),
             rate_per_s=self.config.latency_rate_per_s,

@@ -14,6 +14,11 @@ from jobqueue.bench.run import BenchConfig
         ("--warm-up-jobs", "-5", "--warm-up-jobs: must be at least 0, got -5"),
         ("--jobs", "0", "--jobs: must be over 0, got 0"),
         ("--latency-rate-per-s", "-1", "--latency-rate-per-s: must be over 0, got -1"),
+        (
+            "--latency-submits",
+            "sideways",
+            "--latency-submits: must be one of stream, unary, got 'sideways'",
+        ),
     ],
 )
 def test_a_value_no_run_could_honour_exits_two_naming_the_flag(

@@ -35,6 +35,8 @@ async def test_tiny_benchmark_reports_every_phase(
     assert results.warm_up is not None
     assert results.warm_up.jobs == config.warm_up_jobs
     assert results.drain.jobs == config.jobs
+    assert (results.submit.method, results.submit_stream.method) == ("Submit", "SubmitStream")
+    assert results.submit.jobs == results.submit_stream.jobs == config.single_jobs
     assert results.drain.jobs_per_s > 0
     assert results.latency.jobs == round(config.latency_rate_per_s * config.latency_seconds)
     assert results.latency.failed_submits == 0
@@ -52,3 +54,4 @@ async def test_tiny_benchmark_reports_every_phase(
     assert "warm-up drain" in table
     assert "drain" in table
     assert "latency" in table
+    assert "SubmitStream, one job per message" in table
