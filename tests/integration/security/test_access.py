@@ -113,12 +113,15 @@ async def test_a_role_for_one_queue_allows_submitting_there_and_nowhere_else(
         # Submitting is not reading: get needs its own verb.
         with pytest.raises(errors.PermissionDeniedError, match="get on the jobs of queue"):
             await client.get(job.id)
+        # Single submits share one SubmitStream: the denied one did not end it.
+        await client.submit(echo(QUEUE_A))
+        assert client.submit_streams_opened == 1
 
     message = str(denied.value)
     assert "submit" in message
     assert QUEUE_B in message
     assert cluster.username(account) in message
-    assert await jobs_in(operator, QUEUE_A) == 1
+    assert await jobs_in(operator, QUEUE_A) == 2
     assert await jobs_in(operator, QUEUE_B) == 0
 
 
