@@ -3,7 +3,10 @@
 ``Client`` and ``AsyncClient`` speak the public gRPC contract (``proto/``) and return its
 messages (``Job``, ``QueueStats``, ...), so what a program sees is exactly what any other
 gRPC client sees. Building requests and translating errors is shared; the two classes
-differ only in how they wait.
+differ in how they wait, and in one more way: ``AsyncClient`` sends single submits as
+messages on one long-lived ``SubmitStream`` call (about half the CPU of a ``Submit`` call
+on each side), while ``Client`` makes a ``Submit`` call per job, since a blocking program
+submits one job at a time and would gain nothing from keeping a stream open.
 
 Errors arrive as the project's own: a gRPC status becomes ``NotFoundError``,
 ``InvalidInputError``, ``UnavailableError`` and so on (see ``_ERRORS_BY_CODE``), with the

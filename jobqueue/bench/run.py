@@ -271,20 +271,16 @@ class _Phases:
     ) -> tuple[phases.SubmitRate, phases.SubmitRate, phases.SubmitRate, datetime]:
         config = self.config
         unserved = phases.noop_spec(UNSERVED_QUEUE, handlers.NOOP)
-        single = await phases.submit_singles(
-            self.unary_client,
-            unserved,
-            jobs=config.single_jobs,
-            callers=config.single_callers,
-            method="Submit",
-        )
-        streamed = await phases.submit_singles(
-            self.client,
-            unserved,
-            jobs=config.single_jobs,
-            callers=config.single_callers,
-            method="SubmitStream",
-        )
+        single, streamed = [
+            await phases.submit_singles(
+                client,
+                unserved,
+                jobs=config.single_jobs,
+                callers=config.single_callers,
+                method=method,
+            )
+            for client, method in ((self.unary_client, "Submit"), (self.client, "SubmitStream"))
+        ]
         since = datetime.now(UTC)
         batch = await phases.submit_batches(
             self.client,

@@ -51,8 +51,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 # Largest batch one SubmitBatch may carry; the store refuses more too.
 MAX_BATCH = 1000
-# Submits one SubmitStream may have waiting for their insert; past it, its next message is
-# read once one of them is answered.
+# Messages one SubmitStream may have unanswered (their insert under way, or their answer
+# not yet taken by the client); past it, its next message is read once one is answered.
 MAX_STREAM_SUBMITS_IN_FLIGHT = 1000
 # A page of List holds at most this many jobs.
 MAX_PAGE_SIZE = 500
@@ -88,6 +88,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         """
         answers: asyncio.Queue[jobs_pb2.SubmitStreamResponse | None] = asyncio.Queue()
         pending: set[asyncio.Future[Submitted]] = set()
+        # A permit per message not yet answered on the wire, whether its insert is under
+        # way or its answer waits for the client to read: when none is left, the next
+        # message is not read, and gRPC's flow control holds the client back.
+        room = asyncio.Semaphore(MAX_STREAM_SUBMITS_IN_FLIGHT)
 
         def answer(message_id: int, started: float, future: asyncio.Future[Submitted]) -> None:
             pending.discard(future)
@@ -119,10 +123,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             try:
                 async for message in requests:
                     take(message)
-                    if len(pending) >= MAX_STREAM_SUBMITS_IN_FLIGHT:
-                        # Read no further until one is answered: gRPC's flow control
-                        # then holds the client back, where memory would otherwise grow.
-                        await asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED)
+                    await room.acquire()
                 while pending:
                     await asyncio.wait(list(pending))
             finally:
@@ -132,6 +133,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         try:
             while (reply := await answers.get()) is not None:
                 yield reply
+                room.release()
             await reader  # raises what ended the reading, if anything did
         finally:
             reader.cancel()
