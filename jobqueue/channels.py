@@ -88,6 +88,13 @@ def open_aio_channel(
     send_token: bool = True,
 ) -> grpc.aio.Channel:
     """An asyncio channel; with ``send_token``, every call on it carries the token."""
+    # TODO: no gRPC keepalive pings on clients' channels. A connection that dies silently
+    # (a NAT or load balancer dropping an idle flow) is noticed only as calls on it time
+    # out, one after another, until the kernel gives up on it (about 15 minutes); that
+    # holds for unary calls, Watch and the AsyncClient's long-lived SubmitStream alike.
+    # Pings need the operator's server to allow their rate
+    # (grpc.http2.min_recv_ping_interval_without_data_ms, default 5 minutes), or it ends
+    # the connection with GOAWAY. Workers are not affected: their heartbeats fail.
     interceptors: list[grpc.aio.ClientInterceptor] | None = None
     if send_token and security.token:
         interceptors = [_UnaryToken(security), _StreamToken(security), _BidiToken(security)]

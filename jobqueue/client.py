@@ -25,6 +25,7 @@ Bearer <token>`` metadata on every call; the operator verifies it with Kubernete
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -40,7 +41,7 @@ from jobqueue import errors
 from jobqueue.api.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from jobqueue.channels import ChannelSecurity, bearer_metadata, open_aio_channel, open_channel
 from jobqueue.credentials import StaticToken, TokenSource
-from jobqueue.exchange import Exchange
+from jobqueue.exchange import Exchange, call_error
 
 if TYPE_CHECKING:
     from jobqueue.api.v1.jobs_pb2_grpc import JobServiceAsyncStub
@@ -318,8 +319,13 @@ class _StreamedSubmits:
     restarting) fails the submits waiting on it, as their unary calls would have failed,
     and the next submit opens another. When the token changes, the stream in use takes
     no more submits and ends once those under way are answered, and a new one opens with
-    the new token. An operator without ``SubmitStream`` answers UNIMPLEMENTED, and from
-    then on every submit is a ``Submit`` call.
+    the new token.
+
+    Opening waits for the operator's initial metadata, which it sends as soon as the
+    stream starts, before anything is written: a server without ``SubmitStream`` ends the
+    call instead, with UNIMPLEMENTED, and from then on every submit is a ``Submit`` call.
+    Writing first would not do: grpc.aio reports a write that meets a call the server has
+    just ended as INTERNAL, and makes that the call's status too, hiding UNIMPLEMENTED.
     """
 
     def __init__(self, stub: JobServiceAsyncStub, security: ChannelSecurity) -> None:
@@ -327,6 +333,7 @@ class _StreamedSubmits:
         self._security = security
         self._exchange: _SubmitExchange | None = None
         self._metadata: tuple[tuple[str, str], ...] = ()
+        self._opening: asyncio.Task[_SubmitExchange | None] | None = None
         self.unsupported = False  # the operator has no SubmitStream
         self.streams_opened = 0  # for tests and debugging
 
@@ -335,44 +342,72 @@ class _StreamedSubmits:
     ) -> jobs_pb2.SubmitResponse:
         """Submit's answer; raises ``grpc.RpcError`` as the unary call would."""
         metadata = bearer_metadata(self._security)
-        if not self.unsupported:
+        exchange = None if self.unsupported else await self._exchange_for(metadata, timeout_s)
+        if exchange is not None:
             message = jobs_pb2.SubmitStreamRequest()
             message.submit.CopyFrom(request)
-            try:
-                answer = await self._exchange_for(metadata).ask(message, timeout_s)
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.UNIMPLEMENTED:
-                    raise
-                # Nothing was submitted: the operator knows no such method.
-                self.unsupported = True
-            else:
-                return answer.submit
+            answer = await exchange.ask(message, timeout_s)
+            return answer.submit
         response: jobs_pb2.SubmitResponse = await self._stub.Submit(
             request, timeout=timeout_s, metadata=metadata
         )
         return response
 
     async def close(self) -> None:
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.cancel()
         exchange, self._exchange = self._exchange, None
         if exchange is not None:
             await exchange.close()
 
-    def _exchange_for(self, metadata: tuple[tuple[str, str], ...]) -> _SubmitExchange:
-        """The open stream for ``metadata``; a new one if there is none (without awaiting,
-        so submits made at once share one)."""
+    async def _exchange_for(
+        self, metadata: tuple[tuple[str, str], ...], timeout_s: float
+    ) -> _SubmitExchange | None:
+        """The open stream for ``metadata``, opened if there is none; None when the operator
+        has no ``SubmitStream``. Submits made while one opens wait for that one."""
         exchange = self._exchange
         if exchange is not None and exchange.open and metadata == self._metadata:
             return exchange
-        if exchange is not None:
-            exchange.finish()
-        self._exchange = Exchange(
-            self._stub.SubmitStream(metadata=metadata),
-            jobs_pb2.SubmitStreamResponse,
-            name="SubmitStream",
-        )
-        self._metadata = metadata
+        if self._opening is None or metadata != self._metadata:
+            if exchange is not None:
+                exchange.finish()
+            self._exchange = None
+            self._metadata = metadata
+            self._opening = asyncio.create_task(self._open(metadata), name="SubmitStream open")
+        try:
+            async with asyncio.timeout(timeout_s):
+                # Shielded: the others waiting for this stream still want it.
+                return await asyncio.shield(self._opening)
+        except TimeoutError:
+            raise call_error(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the SubmitStream did not open within {timeout_s:g} s",
+            ) from None
+
+    async def _open(self, metadata: tuple[tuple[str, str], ...]) -> _SubmitExchange | None:
+        call = self._stub.SubmitStream(metadata=metadata)
         self.streams_opened += 1
-        return self._exchange
+        try:
+            await call.initial_metadata()
+            if call.done():
+                code = await call.code()
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    self.unsupported = True
+                    return None
+                raise call_error(code, await call.details())
+        except BaseException:
+            call.cancel()
+            raise
+        finally:
+            if metadata == self._metadata:
+                self._opening = None
+        exchange = Exchange(call, jobs_pb2.SubmitStreamResponse, name="SubmitStream")
+        if metadata == self._metadata:
+            self._exchange = exchange
+        else:
+            exchange.finish()  # the token changed meanwhile: serve only those who waited
+        return exchange
 
 
 class AsyncClient:

@@ -129,6 +129,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             finally:
                 answers.put_nowait(None)
 
+        # At once, before any message: the client waits for this to know the method exists
+        # (see client._StreamedSubmits).
+        await context.send_initial_metadata(())
         reader = asyncio.create_task(read(), name="submit stream reader")
         try:
             while (reply := await answers.get()) is not None:

@@ -187,6 +187,7 @@ class StreamingScriptedServer(ScriptedServer):
         self, requests: Iterator[jobs_pb2.SubmitStreamRequest], context: Any
     ) -> Iterator[jobs_pb2.SubmitStreamResponse]:
         self.streams_opened += 1
+        context.send_initial_metadata(())  # as the operator does: the client waits for it
         for message in requests:
             self._receive(message, context)
             if message.submit.job.queue == self.SILENT_QUEUE:
