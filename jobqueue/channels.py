@@ -62,6 +62,32 @@ def channel_credentials(security: ChannelSecurity) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates=roots)
 
 
+# Keepalive pings for the clients' channels (``keepalive_options``). While a call is open
+# on a quiet connection (the AsyncClient's long-lived SubmitStream, a Watch), the client
+# pings every KEEPALIVE_TIME_MS; no answer within KEEPALIVE_TIMEOUT_MS ends the connection,
+# and its calls fail UNAVAILABLE. Without them, a connection that died silently (a NAT or
+# load balancer dropping an idle flow) shows only as calls on it timing out, one after
+# another, until the kernel gives up on it, about 15 minutes later. The operator's server
+# must accept pings this often (operator.app.MIN_PING_INTERVAL_MS), or it ends the
+# connection with GOAWAY. Workers need none: their heartbeats fail on a dead connection.
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+
+def keepalive_options() -> list[tuple[str, int]]:
+    """Channel arguments for keepalive pings while calls are open (see above)."""
+    return [
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # Recent gRPC times a ping's answer by this one (default a minute), not the above.
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # Go on pinging however long the open calls stay quiet (gRPC stops after two, and
+        # by default leaves five minutes between pings sent with no data between them).
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_time_between_pings_ms", KEEPALIVE_TIME_MS),
+    ]
+
+
 def _options(security: ChannelSecurity, options: ChannelOptions) -> list[tuple[str, Any]]:
     merged = list(options)
     if security.server_name:
@@ -88,13 +114,6 @@ def open_aio_channel(
     send_token: bool = True,
 ) -> grpc.aio.Channel:
     """An asyncio channel; with ``send_token``, every call on it carries the token."""
-    # TODO: no gRPC keepalive pings on clients' channels. A connection that dies silently
-    # (a NAT or load balancer dropping an idle flow) is noticed only as calls on it time
-    # out, one after another, until the kernel gives up on it (about 15 minutes); that
-    # holds for unary calls, Watch and the AsyncClient's long-lived SubmitStream alike.
-    # Pings need the operator's server to allow their rate
-    # (grpc.http2.min_recv_ping_interval_without_data_ms, default 5 minutes), or it ends
-    # the connection with GOAWAY. Workers are not affected: their heartbeats fail.
     interceptors: list[grpc.aio.ClientInterceptor] | None = None
     if send_token and security.token:
         interceptors = [_UnaryToken(security), _StreamToken(security), _BidiToken(security)]

@@ -39,7 +39,13 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from jobqueue import errors
 from jobqueue.api.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from jobqueue.channels import ChannelSecurity, bearer_metadata, open_aio_channel, open_channel
+from jobqueue.channels import (
+    ChannelSecurity,
+    bearer_metadata,
+    keepalive_options,
+    open_aio_channel,
+    open_channel,
+)
 from jobqueue.credentials import StaticToken, TokenSource
 from jobqueue.exchange import Exchange, call_error
 
@@ -170,7 +176,7 @@ class Client:
         self._security = channel_security(
             plaintext=plaintext, ca_file=ca_file, server_name=server_name, token=token
         )
-        self._channel = open_channel(target, self._security)
+        self._channel = open_channel(target, self._security, keepalive_options())
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
 
@@ -433,7 +439,9 @@ class AsyncClient:
         self._security = channel_security(
             plaintext=plaintext, ca_file=ca_file, server_name=server_name, token=token
         )
-        self._channel = open_aio_channel(target, self._security, send_token=False)
+        self._channel = open_aio_channel(
+            target, self._security, keepalive_options(), send_token=False
+        )
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._submits = _StreamedSubmits(self._jobs, self._security) if stream_submits else None

@@ -230,6 +230,13 @@ def _auth_interceptors(
     return [build_interceptor(auth, reviews, directory, scheduler.sessions.keys)]
 
 
+# The shortest interval at which the gRPC server accepts keepalive pings while no data
+# flows; a ping sooner is a strike, and the third strike in a row ends the connection with
+# GOAWAY (gRPC's default interval is 5 minutes, which ends a client's quiet SubmitStream
+# within a few pings). Clients ping every jobqueue.channels.KEEPALIVE_TIME_MS (30 s).
+MIN_PING_INTERVAL_MS = 10_000
+
+
 async def _start_grpc(
     store: JobStore,
     scheduler: Scheduler,
@@ -240,7 +247,13 @@ async def _start_grpc(
     interceptors: list[grpc.aio.ServerInterceptor],
 ) -> tuple[grpc.aio.Server, int]:
     credentials = server_credentials(settings.operator.tls)  # before anything listens
-    server = grpc.aio.server(interceptors=interceptors)
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
+    )
     heartbeats = HeartbeatSink(state, ttl_s=scheduler.settings.lease_s) if state else None
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobService(store, scheduler), server)
     workers_pb2_grpc.add_WorkerServiceServicer_to_server(
