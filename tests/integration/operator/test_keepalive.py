@@ -19,15 +19,8 @@ import pytest
 
 from jobqueue import channels, errors
 from jobqueue.client import AsyncClient, job_spec
-from jobqueue.devenv.processes import free_port
 from jobqueue.operator import app
-from tests.conftest import KafkaTarget
-from tests.integration.operator.conftest import (
-    QUEUE,
-    create_queue,
-    operator_running,
-    operator_settings,
-)
+from tests.integration.operator.conftest import QUEUE, Operator
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -40,7 +33,8 @@ SUBMIT_TIMEOUT_S = 15.0
 def frequent_pings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(channels, "KEEPALIVE_TIME_MS", PING_MS)
     monkeypatch.setattr(channels, "KEEPALIVE_TIMEOUT_MS", PING_TIMEOUT_MS)
-    monkeypatch.setattr(app, "MIN_PING_INTERVAL_MS", PING_MS // 2)
+    # Well under the pings' interval: a ping delayed in a busy moment is no strike.
+    monkeypatch.setattr(app, "MIN_PING_INTERVAL_MS", PING_MS // 4)
 
 
 class SilentProxy:
@@ -78,46 +72,41 @@ class SilentProxy:
 
 
 async def test_a_quiet_submit_stream_stays_open_on_pings_the_operator_accepts(
-    database_url: str, redis_url: str, kafka: KafkaTarget
+    operator: Operator,
 ) -> None:
-    settings = operator_settings(database_url, redis_url, kafka, free_port())
-    async with operator_running(settings) as operator:
-        await create_queue(operator.parts.store)
-        async with AsyncClient(f"127.0.0.1:{operator.port}", plaintext=True) as client:
-            await client.submit(job_spec(QUEUE, command=["true"]))
+    # The operator fixture starts after frequent_pings (autouse fixtures come first).
+    async with AsyncClient(f"127.0.0.1:{operator.port}", plaintext=True) as client:
+        await client.submit(job_spec(QUEUE, command=["true"]))
 
-            # Quiet for five pings: the time passing is what is tested. An operator that
-            # took them for abuse (gRPC's default: more than one in 5 minutes, three times)
-            # would end the connection with GOAWAY, and the stream with it.
-            await asyncio.sleep(5 * PING_MS / 1000)
-            await client.submit(job_spec(QUEUE, command=["true"]))
+        # Quiet for five pings: the time passing is what is tested. An operator that took
+        # them for abuse (gRPC's default: more than one in 5 minutes, three times) would
+        # end the connection with GOAWAY, and the stream with it.
+        await asyncio.sleep(5 * PING_MS / 1000)
+        await client.submit(job_spec(QUEUE, command=["true"]))
 
-            assert client.submit_streams_opened == 1
+        assert client.submit_streams_opened == 1
 
 
 async def test_a_connection_that_dies_silently_fails_the_submit_soon_and_the_next_reconnects(
-    database_url: str, redis_url: str, kafka: KafkaTarget
+    operator: Operator,
 ) -> None:
-    settings = operator_settings(database_url, redis_url, kafka, free_port())
-    async with operator_running(settings) as operator:
-        await create_queue(operator.parts.store)
-        async with (
-            SilentProxy(operator.port).serving() as proxy,
-            AsyncClient(
-                f"127.0.0.1:{proxy.port}", plaintext=True, timeout_s=SUBMIT_TIMEOUT_S
-            ) as client,
-        ):
+    async with (
+        SilentProxy(operator.port).serving() as proxy,
+        AsyncClient(
+            f"127.0.0.1:{proxy.port}", plaintext=True, timeout_s=SUBMIT_TIMEOUT_S
+        ) as client,
+    ):
+        await client.submit(job_spec(QUEUE, command=["true"]))
+        proxy.silent = True
+
+        began = time.monotonic()
+        with pytest.raises(errors.UnavailableError):
             await client.submit(job_spec(QUEUE, command=["true"]))
-            proxy.silent = True
+        noticed_s = time.monotonic() - began
+        proxy.silent = False
+        after = await client.submit(job_spec(QUEUE, command=["true"]))
 
-            began = time.monotonic()
-            with pytest.raises(errors.UnavailableError):
-                await client.submit(job_spec(QUEUE, command=["true"]))
-            noticed_s = time.monotonic() - began
-            proxy.silent = False
-            after = await client.submit(job_spec(QUEUE, command=["true"]))
-
-            # Found by a ping that went unanswered, long before the submit's own deadline.
-            assert noticed_s < SUBMIT_TIMEOUT_S / 2, noticed_s
-            assert client.submit_streams_opened == 2
-            assert (await operator.parts.store.get(after.id)).id == after.id
+        # Found by a ping that went unanswered, long before the submit's own deadline.
+        assert noticed_s < SUBMIT_TIMEOUT_S / 2, noticed_s
+        assert client.submit_streams_opened == 2
+        assert (await operator.parts.store.get(after.id)).id == after.id
