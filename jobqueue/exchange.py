@@ -97,8 +97,9 @@ class Exchange(Generic[RequestT, AnswerT]):
                 f"no answer on the {self.name} within {timeout_s:g} s",
             ) from None
         except asyncio.InvalidStateError as error:
-            # The call ended, or stopped taking requests, between the check and the write:
-            # raise what ended it (a server without the method: UNIMPLEMENTED), if known.
+            # The call ended, or stopped taking requests, before the write: raise the
+            # status it ended with. (A write that meets the end a moment later fails in
+            # gRPC's core instead and comes out INTERNAL; see client._StreamedSubmits.)
             raise await self._ending_error(error) from error
         finally:
             self._waiting.pop(message_id, None)
