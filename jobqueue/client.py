@@ -343,19 +343,17 @@ class _StreamedSubmits:
         self.unsupported = False  # the operator has no SubmitStream
         self.streams_opened = 0  # for tests and debugging
 
-    async def submit(
-        self, request: jobs_pb2.SubmitRequest, timeout_s: float
-    ) -> jobs_pb2.SubmitResponse:
+    async def submit(self, spec: jobs_pb2.JobSpec, timeout_s: float) -> jobs_pb2.SubmitResponse:
         """Submit's answer; raises ``grpc.RpcError`` as the unary call would."""
         metadata = bearer_metadata(self._security)
         exchange = None if self.unsupported else await self._exchange_for(metadata, timeout_s)
         if exchange is not None:
             message = jobs_pb2.SubmitStreamRequest()
-            message.submit.CopyFrom(request)
+            message.submit.job.CopyFrom(spec)  # the one copy of the job
             answer = await exchange.ask(message, timeout_s)
             return answer.submit
         response: jobs_pb2.SubmitResponse = await self._stub.Submit(
-            request, timeout=timeout_s, metadata=metadata
+            jobs_pb2.SubmitRequest(job=spec), timeout=timeout_s, metadata=metadata
         )
         return response
 
@@ -476,12 +474,13 @@ class AsyncClient:
         return self._submits.streams_opened if self._submits is not None else 0
 
     async def submit(self, spec: jobs_pb2.JobSpec) -> jobs_pb2.Job:
-        request = jobs_pb2.SubmitRequest(job=spec)
         if self._submits is None:
-            response: jobs_pb2.SubmitResponse = await self._call(self._jobs.Submit, request)
+            response: jobs_pb2.SubmitResponse = await self._call(
+                self._jobs.Submit, jobs_pb2.SubmitRequest(job=spec)
+            )
             return response.job
         try:
-            response = await self._submits.submit(request, self.timeout_s)
+            response = await self._submits.submit(spec, self.timeout_s)
         except grpc.RpcError as error:
             raise translate_error(error) from error
         return response.job

@@ -47,6 +47,11 @@ AnswerT = TypeVar("AnswerT", bound=_Answer)
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
+def status_of(number: int) -> grpc.StatusCode:
+    """The status code an answer's ``error_code`` carries by number (UNKNOWN if none is)."""
+    return _STATUS_CODES.get(number, grpc.StatusCode.UNKNOWN)
+
+
 def call_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     """An error shaped like the one a failed unary call raises."""
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
@@ -104,9 +109,7 @@ class Exchange(Generic[RequestT, AnswerT]):
         finally:
             self._waiting.pop(message_id, None)
         if reply.error_code:
-            raise call_error(
-                _STATUS_CODES.get(reply.error_code, grpc.StatusCode.UNKNOWN), reply.error_message
-            )
+            raise call_error(status_of(reply.error_code), reply.error_message)
         return reply
 
     async def _ending_error(self, error: asyncio.InvalidStateError) -> grpc.aio.AioRpcError:

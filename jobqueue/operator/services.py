@@ -30,6 +30,7 @@ from jobqueue.api.v1 import (
     workers_pb2_grpc,
 )
 from jobqueue.errors import InvalidInputError, JobQueueError, NotFoundError, UnavailableError
+from jobqueue.exchange import status_of
 from jobqueue.health import Health, Report
 from jobqueue.operator import convert
 from jobqueue.operator.dispatch import Scheduler
@@ -96,7 +97,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         def answer(message_id: int, started: float, future: asyncio.Future[Submitted]) -> None:
             pending.discard(future)
             reply = _stream_answer(message_id, future)
-            code = _CODES_BY_NUMBER[reply.error_code].name
+            code = status_of(reply.error_code).name
             metrics.GRPC_CALL_DURATION.labels(SUBMIT_STREAM_MESSAGE, code).observe(
                 time.perf_counter() - started
             )
@@ -387,7 +388,6 @@ class HeartbeatSink:
 # The histogram label of one message of a SubmitStream (the stream itself is timed as
 # "SubmitStream", from its opening to its end).
 SUBMIT_STREAM_MESSAGE = "SubmitStream.message"
-_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _stream_answer(

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
+import grpc.aio
 import pytest
 
 from jobqueue import errors
+from jobqueue.api.v1 import jobs_pb2, jobs_pb2_grpc
 from jobqueue.client import AsyncClient, job_spec
 from jobqueue.devenv.processes import free_port
 from jobqueue.store import JobStore
@@ -64,6 +67,24 @@ async def test_a_refused_submit_is_answered_alone_and_the_stream_goes_on(
     assert not isinstance(refused[2], BaseException)
     assert client.submit_streams_opened == 1
     assert await stored_jobs(operator.parts.store) == sorted([refused[2].id, after.id])
+
+
+async def test_a_message_without_a_job_is_answered_invalid_and_creates_nothing(
+    operator: Operator,
+) -> None:
+    # A raw stream, as any gRPC client may send it: the first message carries no job.
+    good = jobs_pb2.SubmitRequest(job=job_spec(QUEUE, command=["true"]))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
+        call = jobs_pb2_grpc.JobServiceStub(channel).SubmitStream()
+        await call.write(jobs_pb2.SubmitStreamRequest(id=7))
+        await call.write(jobs_pb2.SubmitStreamRequest(id=8, submit=good))
+        await call.done_writing()
+        replies = {reply.id: reply async for reply in call}
+
+    assert replies[7].error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "queue: must be set" in replies[7].error_message
+    assert replies[8].error_code == 0
+    assert await stored_jobs(operator.parts.store) == [replies[8].submit.job.id]
 
 
 async def test_a_repeated_idempotency_key_on_the_stream_returns_the_first_job(
