@@ -15,6 +15,11 @@ from jobqueue.bench.run import BenchConfig
         ("--jobs", "0", "--jobs: must be over 0, got 0"),
         ("--latency-rate-per-s", "-1", "--latency-rate-per-s: must be over 0, got -1"),
         (
+            "--comparison-latency-rate-per-s",
+            "-1",
+            "--comparison-latency-rate-per-s: must be at least 0, got -1",
+        ),
+        (
             "--latency-submits",
             "sideways",
             "--latency-submits: must be one of stream, unary, got 'sideways'",
@@ -31,7 +36,11 @@ def test_a_value_no_run_could_honour_exits_two_naming_the_flag(
     assert message in capsys.readouterr().err
 
 
-def test_runs_may_skip_the_warm_up_and_the_profile() -> None:
-    config = BenchConfig(warm_up_jobs=0, profile_jobs=0)
+def test_runs_may_skip_the_warm_up_the_profile_and_the_comparison() -> None:
+    config = BenchConfig(warm_up_jobs=0, profile_jobs=0, comparison_latency_rate_per_s=0)
 
-    assert (config.warm_up_jobs, config.profile_jobs) == (0, 0)
+    assert (config.warm_up_jobs, config.profile_jobs, config.comparison_latency_rate_per_s) == (
+        0,
+        0,
+        0,
+    )

@@ -40,6 +40,10 @@ async def test_tiny_benchmark_reports_every_phase(
     assert results.drain.jobs_per_s > 0
     assert results.latency.jobs == round(config.latency_rate_per_s * config.latency_seconds)
     assert results.latency.failed_submits == 0
+    assert results.comparison_latency is not None
+    assert results.comparison_latency.jobs == round(
+        config.comparison_latency_rate_per_s * config.latency_seconds
+    )
     assert results.reference_lifecycle_jobs_per_s > 0
     assert results.profile is not None
     assert results.profile.samples > 0
@@ -53,5 +57,6 @@ async def test_tiny_benchmark_reports_every_phase(
     table = report.table(results)
     assert "warm-up drain" in table
     assert "drain" in table
-    assert "latency" in table
+    assert f"latency at {config.latency_rate_per_s:g} jobs/s" in table
+    assert f"latency at {config.comparison_latency_rate_per_s:g} jobs/s" in table
     assert "SubmitStream, one job per message" in table
