@@ -14,7 +14,10 @@ alike:
   ended it (UNAVAILABLE when the server simply ended it);
 - no answer within the timeout is DEADLINE_EXCEEDED.
 
-A request is never sent twice on one exchange.
+A request is never sent twice on one exchange. An answer may also come by another way
+than the call itself (the worker's command stream carries answers to its reports):
+``deliver`` hands it over, and exchanges that share an id counter (``ids``) never take an
+answer meant for another.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Iterator
 from typing import Generic, Protocol, TypeVar
 
 import grpc
@@ -66,11 +70,12 @@ class Exchange(Generic[RequestT, AnswerT]):
         answer_type: type[AnswerT],
         *,
         name: str,
+        ids: Iterator[int] | None = None,
     ) -> None:
         self.call = call
         self.name = name
         self._answer_type = answer_type
-        self._ids = itertools.count(1)
+        self._ids = ids if ids is not None else itertools.count(1)
         self._waiting: dict[int, asyncio.Future[AnswerT]] = {}
         self._write_lock = asyncio.Lock()
         self._reader = asyncio.create_task(self._read(), name=f"{name} reader")
@@ -112,6 +117,12 @@ class Exchange(Generic[RequestT, AnswerT]):
             raise call_error(status_of(reply.error_code), reply.error_message)
         return reply
 
+    def deliver(self, answer: AnswerT) -> None:
+        """Hand over an answer that came by another way; one nobody waits for is dropped."""
+        waiter = self._waiting.pop(answer.id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
     async def _ending_error(self, error: asyncio.InvalidStateError) -> grpc.aio.AioRpcError:
         """The error a request refused by a call that ended (or half-closed) stands for."""
         if self.call.done():
@@ -150,9 +161,7 @@ class Exchange(Generic[RequestT, AnswerT]):
                         grpc.StatusCode.UNAVAILABLE, f"the server ended the {self.name}"
                     )
                     break
-                waiter = self._waiting.pop(answer.id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(answer)
+                self.deliver(answer)
         except grpc.aio.AioRpcError as error:
             failure = error
         except asyncio.CancelledError:

@@ -289,13 +289,24 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         """Started and Result on one stream (workers.proto).
 
         Each batch is handled as its own unary call would be, concurrently with the
-        others, and answered when done: a slow batch of results holds up no Started.
+        others, and answered when done: a slow batch of results holds up no Started. A
+        batch sent with ``answer_on_commands`` is answered on the worker's command stream
+        while that is open (``Scheduler.answer_later``), and here otherwise; the stream
+        ends only once every answer has left, one way or the other.
         """
         answers: asyncio.Queue[workers_pb2.ReportAnswer | None] = asyncio.Queue()
         handling: set[asyncio.Task[None]] = set()
+        leaving: set[asyncio.Future[None]] = set()  # answers not sent yet on the command stream
 
         async def answer(batch: workers_pb2.ReportBatch) -> None:
-            answers.put_nowait(await self._answer(batch))
+            reply = await self._answer(batch)
+            if not batch.answer_on_commands:
+                answers.put_nowait(reply)
+                return
+            sent = self.scheduler.answer_later(batch.worker_id, reply, answers.put_nowait)
+            if not sent.done():
+                leaving.add(sent)
+                sent.add_done_callback(leaving.discard)
 
         async def read() -> None:
             try:
@@ -304,6 +315,8 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                     handling.add(task)
                     task.add_done_callback(handling.discard)
                 await asyncio.gather(*handling)
+                if leaving:
+                    await asyncio.wait(leaving)
             finally:
                 answers.put_nowait(None)
 

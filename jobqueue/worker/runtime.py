@@ -68,6 +68,11 @@ logger = logging.getLogger(__name__)
 # A session that lasted this long was healthy: losing it starts the backoff afresh.
 _STABLE_SESSION_S = 10.0
 
+# How long a draining worker keeps its command stream open for the answers to reports
+# that asked for them there (the operator sends them within milliseconds; past this the
+# worker closes the stream anyway and those batches are sent again after their timeout).
+ANSWERS_ON_COMMANDS_WAIT_S = 2.0
+
 # What a heartbeat's stop list does to an attempt.
 _DISOWNED = StopRequest(
     Outcome.CANCELLED, "cancelled: the operator no longer holds this attempt for this worker"
@@ -168,6 +173,8 @@ class Worker:
         }
         # Both reporters send on the session's Report stream.
         self._reports = ReportStream(config.worker_id, config.call_timeout_s)
+        # The session whose command stream is being read: its reports are answered there.
+        self._commands_open: Session | None = None
         self._started: Reporter[workers_pb2.JobAttempt] = Reporter(
             "Started",
             queue=config.queue,
@@ -376,6 +383,8 @@ class Worker:
         waiters = (reader, lost, leaving)
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if leaving.done() and not (reader.done() or lost.done()):
+                await self._settle_answers_on_commands(reader, lost)
         finally:
             # Cancelling the call is how a draining worker says "send nothing more".
             call.cancel()
@@ -387,17 +396,39 @@ class Worker:
             if failure is not None:
                 raise failure  # a fault in obeying a command: let the worker fail loudly
 
+    async def _settle_answers_on_commands(
+        self, reader: asyncio.Task[None], lost: asyncio.Task[None]
+    ) -> None:
+        """Before a draining worker closes its command stream: ask for no more answers
+        there, and wait (a little) for those asked for, reading commands meanwhile."""
+        self._commands_open = None
+        settled = asyncio.create_task(
+            self._reports.answers_on_commands_settled(), name="answers settled"
+        )
+        try:
+            await asyncio.wait(
+                (settled, reader, lost),
+                timeout=ANSWERS_ON_COMMANDS_WAIT_S,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            settled.cancel()
+
     async def _read_commands(
         self,
         session: Session,
         call: grpc.aio.UnaryStreamCall[workers_pb2.StreamRequest, workers_pb2.WorkerCommand],
     ) -> None:
+        self._commands_open = session
         try:
             async for command in call:
                 self._obey(command)
             reason = "the operator closed the stream"
         except grpc.aio.AioRpcError as error:
             reason = f"the stream broke ({describe(error)})"
+        finally:
+            if self._commands_open is session:
+                self._commands_open = None
         self._link.lose(session, reason)
 
     async def _send_heartbeats(self) -> None:
@@ -424,13 +455,24 @@ class Worker:
                 self._stop_attempt((job.job_id, job.attempt), _DISOWNED)
 
     async def _send_started(self, jobs: list[workers_pb2.JobAttempt]) -> workers_pb2.ReportAnswer:
-        return await self._reports.send(
-            self._operator(), self._link.session, self._metadata(), started=jobs
-        )
+        return await self._send_report(started=jobs)
 
     async def _send_results(self, results: list[workers_pb2.JobResult]) -> workers_pb2.ReportAnswer:
+        return await self._send_report(results=results)
+
+    async def _send_report(
+        self,
+        started: Sequence[workers_pb2.JobAttempt] = (),
+        results: Sequence[workers_pb2.JobResult] = (),
+    ) -> workers_pb2.ReportAnswer:
+        session = self._link.session
         return await self._reports.send(
-            self._operator(), self._link.session, self._metadata(), results=results
+            self._operator(),
+            session,
+            self._metadata(),
+            started=started,
+            results=results,
+            answer_on_commands=session is not None and self._commands_open is session,
         )
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
@@ -445,7 +487,11 @@ class Worker:
     # Commands -------------------------------------------------------------------------
 
     def _obey(self, command: workers_pb2.WorkerCommand) -> None:
+        if command.report_answers:
+            self._reports.deliver(command.report_answers)
         kind = command.WhichOneof("command")
+        if kind is None and command.report_answers:
+            return  # answers alone
         if kind == "assignments":
             jobs = command.assignments.jobs
             if len(jobs) > self.free_slots():

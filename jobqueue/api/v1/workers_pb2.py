@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from jobqueue.api.v1 import jobs_pb2 as jobqueue_dot_api_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djobqueue/api/v1/workers.proto\x12\x0bjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ajobqueue/api/v1/jobs.proto\"\xb5\x01\n\x0fRegisterRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x04 \x01(\x05\x12\x10\n\x08handlers\x18\x05 \x03(\t\x12\x10\n\x08hostname\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12(\n\x07running\x18\x08 \x03(\x0b\x32\x17.jobqueue.v1.JobAttempt\"\x88\x01\n\x10RegisterResponse\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05lease\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0boperator_id\x18\x03 \x01(\t\"\"\n\rStreamRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"-\n\nJobAttempt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\xdb\x02\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05queue\x18\x03 \x01(\t\x12*\n\x07\x63ommand\x18\x04 \x01(\x0b\x32\x17.jobqueue.v1.CommandJobH\x00\x12(\n\x06python\x18\x05 \x01(\x0b\x32\x16.jobqueue.v1.PythonJobH\x00\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x61ssigned_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x06labels\x18\x08 \x03(\x0b\x32#.jobqueue.v1.Assignment.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"\xc6\x01\n\rWorkerCommand\x12/\n\x0b\x61ssignments\x18\x01 \x01(\x0b\x32\x18.jobqueue.v1.AssignmentsH\x00\x12)\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x17.jobqueue.v1.CancelJobsH\x00\x12#\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x12.jobqueue.v1.DrainH\x00\x12)\n\x08shutdown\x18\x04 \x01(\x0b\x32\x15.jobqueue.v1.ShutdownH\x00\x42\t\n\x07\x63ommand\"4\n\x0b\x41ssignments\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.jobqueue.v1.Assignment\"C\n\nCancelJobs\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.jobqueue.v1.JobAttempt\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x05\x44rain\x12(\n\x05grace\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"J\n\x0eStartedRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12%\n\x04jobs\x18\x02 \x03(\x0b\x32\x17.jobqueue.v1.JobAttempt\"W\n\rReportOutcome\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobqueue.v1.JobAttempt\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"?\n\x0fStartedResponse\x12,\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1a.jobqueue.v1.ReportOutcome\"\xd1\x01\n\tJobResult\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobqueue.v1.JobAttempt\x12%\n\x07outcome\x18\x02 \x01(\x0e\x32\x14.jobqueue.v1.Outcome\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x18\n\x10output_truncated\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12+\n\x08run_time\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"K\n\rResultRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.jobqueue.v1.JobResult\">\n\x0eResultResponse\x12,\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1a.jobqueue.v1.ReportOutcome\"\x9b\x01\n\x0bReportBatch\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12(\n\x07started\x18\x03 \x03(\x0b\x32\x17.jobqueue.v1.JobAttempt\x12\'\n\x07results\x18\x04 \x03(\x0b\x32\x16.jobqueue.v1.JobResult\x12\x1a\n\x12reads_all_accepted\x18\x05 \x01(\x08\"\x89\x01\n\x0cReportAnswer\x12\n\n\x02id\x18\x01 \x01(\x04\x12,\n\x08outcomes\x18\x02 \x03(\x0b\x32\x1a.jobqueue.v1.ReportOutcome\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x14\n\x0c\x61ll_accepted\x18\x05 \x01(\x08\"c\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12(\n\x07running\x18\x02 \x03(\x0b\x32\x17.jobqueue.v1.JobAttempt\x12\x12\n\nfree_slots\x18\x03 \x01(\x05\":\n\x11HeartbeatResponse\x12%\n\x04stop\x18\x01 \x03(\x0b\x32\x17.jobqueue.v1.JobAttempt\"6\n\x11\x44\x65registerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x14\n\x12\x44\x65registerResponse*{\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x15\n\x11OUTCOME_TIMED_OUT\x10\x03\x12\x15\n\x11OUTCOME_CANCELLED\x10\x04\x32\x83\x04\n\rWorkerService\x12G\n\x08Register\x12\x1c.jobqueue.v1.RegisterRequest\x1a\x1d.jobqueue.v1.RegisterResponse\x12\x42\n\x06Stream\x12\x1a.jobqueue.v1.StreamRequest\x1a\x1a.jobqueue.v1.WorkerCommand0\x01\x12\x44\n\x07Started\x12\x1b.jobqueue.v1.StartedRequest\x1a\x1c.jobqueue.v1.StartedResponse\x12\x41\n\x06Result\x12\x1a.jobqueue.v1.ResultRequest\x1a\x1b.jobqueue.v1.ResultResponse\x12\x41\n\x06Report\x12\x18.jobqueue.v1.ReportBatch\x1a\x19.jobqueue.v1.ReportAnswer(\x01\x30\x01\x12J\n\tHeartbeat\x12\x1d.jobqueue.v1.HeartbeatRequest\x1a\x1e.jobqueue.v1.HeartbeatResponse\x12M\n\nDeregister\x12\x1e.jobqueue.v1.DeregisterRequest\x1a\x1f.jobqueue.v1.DeregisterResponseB Z\x1ejobqueue.dev/api/v1;jobqueuev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djobqueue/api/v1/workers.proto\x12\x0bjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ajobqueue/api/v1/jobs.proto\"\xb5\x01\n\x0fRegisterRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x04 \x01(\x05\x12\x10\n\x08handlers\x18\x05 \x03(\t\x12\x10\n\x08hostname\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12(\n\x07running\x18\x08 \x03(\x0b\x32\x17.jobqueue.v1.JobAttempt\"\x88\x01\n\x10RegisterResponse\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05lease\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0boperator_id\x18\x03 \x01(\t\"\"\n\rStreamRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"-\n\nJobAttempt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\xdb\x02\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05queue\x18\x03 \x01(\t\x12*\n\x07\x63ommand\x18\x04 \x01(\x0b\x32\x17.jobqueue.v1.CommandJobH\x00\x12(\n\x06python\x18\x05 \x01(\x0b\x32\x16.jobqueue.v1.PythonJobH\x00\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x61ssigned_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x06labels\x18\x08 \x03(\x0b\x32#.jobqueue.v1.Assignment.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"\xf9\x01\n\rWorkerCommand\x12/\n\x0b\x61ssignments\x18\x01 \x01(\x0b\x32\x18.jobqueue.v1.AssignmentsH\x00\x12)\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x17.jobqueue.v1.CancelJobsH\x00\x12#\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x12.jobqueue.v1.DrainH\x00\x12)\n\x08shutdown\x18\x04 \x01(\x0b\x32\x15.jobqueue.v1.ShutdownH\x00\x12\x31\n\x0ereport_answers\x18\x05 \x03(\x0b\x32\x19.jobqueue.v1.ReportAnswerB\t\n\x07\x63ommand\"4\n\x0b\x41ssignments\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.jobqueue.v1.Assignment\"C\n\nCancelJobs\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.jobqueue.v1.JobAttempt\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x05\x44rain\x12(\n\x05grace\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"J\n\x0eStartedRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12%\n\x04jobs\x18\x02 \x03(\x0b\x32\x17.jobqueue.v1.JobAttempt\"W\n\rReportOutcome\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobqueue.v1.JobAttempt\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"?\n\x0fStartedResponse\x12,\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1a.jobqueue.v1.ReportOutcome\"\xd1\x01\n\tJobResult\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobqueue.v1.JobAttempt\x12%\n\x07outcome\x18\x02 \x01(\x0e\x32\x14.jobqueue.v1.Outcome\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x18\n\x10output_truncated\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12+\n\x08run_time\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"K\n\rResultRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.jobqueue.v1.JobResult\">\n\x0eResultResponse\x12,\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1a.jobqueue.v1.ReportOutcome\"\xb7\x01\n\x0bReportBatch\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12(\n\x07started\x18\x03 \x03(\x0b\x32\x17.jobqueue.v1.JobAttempt\x12\'\n\x07results\x18\x04 \x03(\x0b\x32\x16.jobqueue.v1.JobResult\x12\x1a\n\x12reads_all_accepted\x18\x05 \x01(\x08\x12\x1a\n\x12\x61nswer_on_commands\x18\x06 \x01(\x08\"\x89\x01\n\x0cReportAnswer\x12\n\n\x02id\x18\x01 \x01(\x04\x12,\n\x08outcomes\x18\x02 \x03(\x0b\x32\x1a.jobqueue.v1.ReportOutcome\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x14\n\x0c\x61ll_accepted\x18\x05 \x01(\x08\"c\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12(\n\x07running\x18\x02 \x03(\x0b\x32\x17.jobqueue.v1.JobAttempt\x12\x12\n\nfree_slots\x18\x03 \x01(\x05\":\n\x11HeartbeatResponse\x12%\n\x04stop\x18\x01 \x03(\x0b\x32\x17.jobqueue.v1.JobAttempt\"6\n\x11\x44\x65registerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x14\n\x12\x44\x65registerResponse*{\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x15\n\x11OUTCOME_TIMED_OUT\x10\x03\x12\x15\n\x11OUTCOME_CANCELLED\x10\x04\x32\x83\x04\n\rWorkerService\x12G\n\x08Register\x12\x1c.jobqueue.v1.RegisterRequest\x1a\x1d.jobqueue.v1.RegisterResponse\x12\x42\n\x06Stream\x12\x1a.jobqueue.v1.StreamRequest\x1a\x1a.jobqueue.v1.WorkerCommand0\x01\x12\x44\n\x07Started\x12\x1b.jobqueue.v1.StartedRequest\x1a\x1c.jobqueue.v1.StartedResponse\x12\x41\n\x06Result\x12\x1a.jobqueue.v1.ResultRequest\x1a\x1b.jobqueue.v1.ResultResponse\x12\x41\n\x06Report\x12\x18.jobqueue.v1.ReportBatch\x1a\x19.jobqueue.v1.ReportAnswer(\x01\x30\x01\x12J\n\tHeartbeat\x12\x1d.jobqueue.v1.HeartbeatRequest\x1a\x1e.jobqueue.v1.HeartbeatResponse\x12M\n\nDeregister\x12\x1e.jobqueue.v1.DeregisterRequest\x1a\x1f.jobqueue.v1.DeregisterResponseB Z\x1ejobqueue.dev/api/v1;jobqueuev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z\036jobqueue.dev/api/v1;jobqueuev1'
   _globals['_ASSIGNMENT_LABELSENTRY']._loaded_options = None
   _globals['_ASSIGNMENT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_OUTCOME']._serialized_start=2418
-  _globals['_OUTCOME']._serialized_end=2541
+  _globals['_OUTCOME']._serialized_start=2497
+  _globals['_OUTCOME']._serialized_end=2620
   _globals['_REGISTERREQUEST']._serialized_start=140
   _globals['_REGISTERREQUEST']._serialized_end=321
   _globals['_REGISTERRESPONSE']._serialized_start=324
@@ -52,39 +52,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSIGNMENT_LABELSENTRY']._serialized_start=840
   _globals['_ASSIGNMENT_LABELSENTRY']._serialized_end=885
   _globals['_WORKERCOMMAND']._serialized_start=896
-  _globals['_WORKERCOMMAND']._serialized_end=1094
-  _globals['_ASSIGNMENTS']._serialized_start=1096
-  _globals['_ASSIGNMENTS']._serialized_end=1148
-  _globals['_CANCELJOBS']._serialized_start=1150
-  _globals['_CANCELJOBS']._serialized_end=1217
-  _globals['_DRAIN']._serialized_start=1219
-  _globals['_DRAIN']._serialized_end=1268
-  _globals['_SHUTDOWN']._serialized_start=1270
-  _globals['_SHUTDOWN']._serialized_end=1296
-  _globals['_STARTEDREQUEST']._serialized_start=1298
-  _globals['_STARTEDREQUEST']._serialized_end=1372
-  _globals['_REPORTOUTCOME']._serialized_start=1374
-  _globals['_REPORTOUTCOME']._serialized_end=1461
-  _globals['_STARTEDRESPONSE']._serialized_start=1463
-  _globals['_STARTEDRESPONSE']._serialized_end=1526
-  _globals['_JOBRESULT']._serialized_start=1529
-  _globals['_JOBRESULT']._serialized_end=1738
-  _globals['_RESULTREQUEST']._serialized_start=1740
-  _globals['_RESULTREQUEST']._serialized_end=1815
-  _globals['_RESULTRESPONSE']._serialized_start=1817
-  _globals['_RESULTRESPONSE']._serialized_end=1879
-  _globals['_REPORTBATCH']._serialized_start=1882
-  _globals['_REPORTBATCH']._serialized_end=2037
-  _globals['_REPORTANSWER']._serialized_start=2040
-  _globals['_REPORTANSWER']._serialized_end=2177
-  _globals['_HEARTBEATREQUEST']._serialized_start=2179
-  _globals['_HEARTBEATREQUEST']._serialized_end=2278
-  _globals['_HEARTBEATRESPONSE']._serialized_start=2280
-  _globals['_HEARTBEATRESPONSE']._serialized_end=2338
-  _globals['_DEREGISTERREQUEST']._serialized_start=2340
-  _globals['_DEREGISTERREQUEST']._serialized_end=2394
-  _globals['_DEREGISTERRESPONSE']._serialized_start=2396
-  _globals['_DEREGISTERRESPONSE']._serialized_end=2416
-  _globals['_WORKERSERVICE']._serialized_start=2544
-  _globals['_WORKERSERVICE']._serialized_end=3059
+  _globals['_WORKERCOMMAND']._serialized_end=1145
+  _globals['_ASSIGNMENTS']._serialized_start=1147
+  _globals['_ASSIGNMENTS']._serialized_end=1199
+  _globals['_CANCELJOBS']._serialized_start=1201
+  _globals['_CANCELJOBS']._serialized_end=1268
+  _globals['_DRAIN']._serialized_start=1270
+  _globals['_DRAIN']._serialized_end=1319
+  _globals['_SHUTDOWN']._serialized_start=1321
+  _globals['_SHUTDOWN']._serialized_end=1347
+  _globals['_STARTEDREQUEST']._serialized_start=1349
+  _globals['_STARTEDREQUEST']._serialized_end=1423
+  _globals['_REPORTOUTCOME']._serialized_start=1425
+  _globals['_REPORTOUTCOME']._serialized_end=1512
+  _globals['_STARTEDRESPONSE']._serialized_start=1514
+  _globals['_STARTEDRESPONSE']._serialized_end=1577
+  _globals['_JOBRESULT']._serialized_start=1580
+  _globals['_JOBRESULT']._serialized_end=1789
+  _globals['_RESULTREQUEST']._serialized_start=1791
+  _globals['_RESULTREQUEST']._serialized_end=1866
+  _globals['_RESULTRESPONSE']._serialized_start=1868
+  _globals['_RESULTRESPONSE']._serialized_end=1930
+  _globals['_REPORTBATCH']._serialized_start=1933
+  _globals['_REPORTBATCH']._serialized_end=2116
+  _globals['_REPORTANSWER']._serialized_start=2119
+  _globals['_REPORTANSWER']._serialized_end=2256
+  _globals['_HEARTBEATREQUEST']._serialized_start=2258
+  _globals['_HEARTBEATREQUEST']._serialized_end=2357
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2359
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2417
+  _globals['_DEREGISTERREQUEST']._serialized_start=2419
+  _globals['_DEREGISTERREQUEST']._serialized_end=2473
+  _globals['_DEREGISTERRESPONSE']._serialized_start=2475
+  _globals['_DEREGISTERRESPONSE']._serialized_end=2495
+  _globals['_WORKERSERVICE']._serialized_start=2623
+  _globals['_WORKERSERVICE']._serialized_end=3138
 # @@protoc_insertion_point(module_scope)

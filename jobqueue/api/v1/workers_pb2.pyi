@@ -251,6 +251,7 @@ class WorkerCommand(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
     SHUTDOWN_FIELD_NUMBER: _builtins.int
+    REPORT_ANSWERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def assignments(self) -> Global___Assignments: ...
     @_builtins.property
@@ -263,6 +264,13 @@ class WorkerCommand(_message.Message):
     def shutdown(self) -> Global___Shutdown:
         """Stop at once: running jobs are stopped and reported as failed."""
 
+    @_builtins.property
+    def report_answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReportAnswer]:
+        """Answers to report batches sent with answer_on_commands. They ride on the next
+        command for the worker, or go alone (with no command set) when none follows within a
+        few milliseconds; a message of their own per batch is what this saves.
+        """
+
     def __init__(
         self,
         *,
@@ -270,10 +278,11 @@ class WorkerCommand(_message.Message):
         cancel: Global___CancelJobs | None = ...,
         drain: Global___Drain | None = ...,
         shutdown: Global___Shutdown | None = ...,
+        report_answers: _abc.Iterable[Global___ReportAnswer] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancel", b"cancel", "command", b"command", "drain", b"drain", "shutdown", b"shutdown"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancel", b"cancel", "command", b"command", "drain", b"drain", "shutdown", b"shutdown"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancel", b"cancel", "command", b"command", "drain", b"drain", "report_answers", b"report_answers", "shutdown", b"shutdown"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["assignments", "cancel", "drain", "shutdown"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
@@ -527,12 +536,19 @@ class ReportBatch(_message.Message):
     STARTED_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
     READS_ALL_ACCEPTED_FIELD_NUMBER: _builtins.int
+    ANSWER_ON_COMMANDS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Chosen by the worker, unique on the stream; the answer carries it back."""
     worker_id: _builtins.str
     reads_all_accepted: _builtins.bool
     """The worker reads ReportAnswer.all_accepted: an answer that accepts every item may
     say so instead of listing an outcome for each.
+    """
+    answer_on_commands: _builtins.bool
+    """The worker reads WorkerCommand.report_answers on its open Stream call: the operator
+    may answer this batch there instead of on this stream. It answers here whenever the
+    worker's Stream is not open, so a worker takes an answer from either, by id; ids
+    must then be unique across the worker's Report streams, not only on one.
     """
     @_builtins.property
     def started(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobAttempt]:
@@ -550,10 +566,11 @@ class ReportBatch(_message.Message):
         started: _abc.Iterable[Global___JobAttempt] | None = ...,
         results: _abc.Iterable[Global___JobResult] | None = ...,
         reads_all_accepted: _builtins.bool = ...,
+        answer_on_commands: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "reads_all_accepted", b"reads_all_accepted", "results", b"results", "started", b"started", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_on_commands", b"answer_on_commands", "id", b"id", "reads_all_accepted", b"reads_all_accepted", "results", b"results", "started", b"started", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc.aio
 import pytest
 
+from jobqueue.api.v1 import workers_pb2, workers_pb2_grpc
 from jobqueue.client import AsyncClient
 from jobqueue.config import Settings, load_settings
 from jobqueue.devenv import Environment
@@ -197,3 +199,16 @@ async def operator(
 async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
     """Poll an async predicate until it holds; for state with no event to await."""
     await eventually(condition, timeout_s)
+
+
+@contextlib.asynccontextmanager
+async def worker_by_hand(
+    operator: Operator, concurrency: int = 1
+) -> AsyncIterator[workers_pb2_grpc.WorkerServiceStub]:
+    """A WorkerService stub registered as worker "hand", for calls by hand."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
+        stub = workers_pb2_grpc.WorkerServiceStub(channel)
+        await stub.Register(
+            workers_pb2.RegisterRequest(worker_id="hand", queue=QUEUE, concurrency=concurrency)
+        )
+        yield stub

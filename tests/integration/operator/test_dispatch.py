@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -16,7 +14,7 @@ import grpc.aio
 import pytest
 
 from jobqueue import errors
-from jobqueue.api.v1 import jobs_pb2, workers_pb2, workers_pb2_grpc
+from jobqueue.api.v1 import jobs_pb2, workers_pb2
 from jobqueue.client import AsyncClient, job_spec
 from jobqueue.devenv.processes import free_port
 from tests.conftest import KafkaTarget
@@ -29,6 +27,7 @@ from tests.integration.operator.conftest import (
     operator_running,
     operator_settings,
     wait_for,
+    worker_by_hand,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -336,17 +335,6 @@ async def test_draining_or_stopping_an_unknown_worker_is_not_found(operator: Ope
         await operator.client.drain("nobody")
     with pytest.raises(errors.NotFoundError, match="unknown worker"):
         await operator.client.shutdown("nobody", reason="test")
-
-
-@contextlib.asynccontextmanager
-async def worker_by_hand(operator: Operator) -> AsyncIterator[workers_pb2_grpc.WorkerServiceStub]:
-    """A WorkerService stub registered as worker "hand" with one slot, for calls by hand."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
-        stub = workers_pb2_grpc.WorkerServiceStub(channel)
-        await stub.Register(
-            workers_pb2.RegisterRequest(worker_id="hand", queue=QUEUE, concurrency=1)
-        )
-        yield stub
 
 
 async def test_a_bad_report_batch_is_refused_alone_and_the_stream_goes_on(

@@ -85,6 +85,12 @@ class ScriptedOperator(workers_pb2_grpc.WorkerServiceServicer):
         self.report_authorizations: list[str | bytes | None] = []
         # The next report batch is refused as a whole with this code, then it is cleared.
         self.refuse_next_report: grpc.StatusCode | None = None
+        # Batches sent with answer_on_commands are answered on the command stream, alone,
+        # as the real operator does when no assignment follows; their ids are recorded.
+        self.answer_on_commands = False
+        self.answered_on_commands: Recorded[int] = Recorded()
+        # What each report batch asked for: (id, answer_on_commands).
+        self.batches: list[tuple[int, bool]] = []
         self.deregistrations: Recorded[workers_pb2.DeregisterRequest] = Recorded()
         self.refuse_started: set[Key] = set()
         # Attempts a heartbeat answers with "stop" once the worker lists them as running.
@@ -213,13 +219,19 @@ class ScriptedOperator(workers_pb2_grpc.WorkerServiceServicer):
                 )
                 outcomes += (await self.Result(results, context)).outcomes
             if batch.reads_all_accepted and all(outcome.accepted for outcome in outcomes):
-                answers.put_nowait(workers_pb2.ReportAnswer(id=batch.id, all_accepted=True))
+                reply = workers_pb2.ReportAnswer(id=batch.id, all_accepted=True)
             else:
-                answers.put_nowait(workers_pb2.ReportAnswer(id=batch.id, outcomes=outcomes))
+                reply = workers_pb2.ReportAnswer(id=batch.id, outcomes=outcomes)
+            if self.answer_on_commands and batch.answer_on_commands:
+                self.send(workers_pb2.WorkerCommand(report_answers=[reply]))
+                self.answered_on_commands.add(batch.id)
+            else:
+                answers.put_nowait(reply)
 
         async def read() -> None:
             async with asyncio.TaskGroup() as group:
                 async for batch in batches:
+                    self.batches.append((batch.id, batch.answer_on_commands))
                     group.create_task(answer(batch))
 
         reader = asyncio.create_task(read())

@@ -167,6 +167,66 @@ async def test_command_job_is_reported_started_then_succeeded_with_its_output(
     assert operator.timeline.index("started:c1") < operator.timeline.index("result:c1")
 
 
+async def test_reports_answered_on_the_command_stream_settle_and_are_sent_once(
+    harness: Harness,
+) -> None:
+    operator = ScriptedOperator()
+    operator.answer_on_commands = True
+    worker, task = harness.start_worker(await harness.serve(operator))
+    await operator.streams_opened.wait_for()
+
+    operator.assign(gate_job("a"), gate_job("b"))
+    await operator.started.wait_count(2)
+    harness.gates.open("a")
+    await operator.results.wait_count(1)
+    harness.gates.open("b")
+    await operator.results.wait_count(2)
+    # A drain waits until every report is answered: it ends only if the answers that
+    # came on the command stream settled them.
+    worker.drain(5.0, reason="the test is over")
+    await finished(task)
+
+    assert sorted(result.job.job_id for result in operator.results.items) == ["a", "b"]
+    assert operator.batches
+    assert all(asked for _, asked in operator.batches)
+    assert sorted(operator.answered_on_commands.items) == sorted(i for i, _ in operator.batches)
+    ids = [batch_id for batch_id, _ in operator.batches]
+    assert len(set(ids)) == len(ids)
+    (deregistered,) = await operator.deregistrations.wait_for()
+    assert deregistered.worker_id == "worker-1"
+
+
+async def test_a_draining_worker_keeps_its_stream_open_for_answers_asked_there(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    operator = ScriptedOperator()
+    operator.answer_on_commands = True
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(request: workers_pb2.ResultRequest) -> None:
+        arrived.set()
+        await release.wait()
+
+    operator.result_hook = hold
+    worker, task = harness.start_worker(await harness.serve(operator))
+    await operator.streams_opened.wait_for()
+    operator.assign(gate_job("a"))
+    harness.gates.open("a")
+    async with asyncio.timeout(WAIT_S):
+        await arrived.wait()
+
+    worker.drain(5.0, reason="the test is over")
+    with pytest.raises(TimeoutError):  # the stream stays open while the answer is held
+        await operator.streams_closed.wait_for(timeout_s=0.5)
+    release.set()
+    await finished(task)
+
+    (batch_id,) = operator.answered_on_commands.items
+    assert operator.batches == [(batch_id, True)]  # answered once, never sent again
+    assert operator.streams_closed.items == ["worker-1"]
+    assert "did not answer" not in caplog.text  # the answer was not lost with the stream
+
+
 async def test_command_exiting_non_zero_is_reported_failed_with_its_exit_code(
     harness: Harness,
 ) -> None:
