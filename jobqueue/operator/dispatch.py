@@ -136,15 +136,14 @@ class WorkerSession:
         reply: workers_pb2.ReportAnswer,
         by_report_stream: Callable[[workers_pb2.ReportAnswer], None],
         delay_s: float,
-    ) -> asyncio.Future[None]:
+    ) -> asyncio.Future[None] | None:
         """Send ``reply`` with the next command, or alone within ``delay_s``; on the Report
-        stream (``by_report_stream``) instead while the worker's stream is not open. The
-        future is done once the answer has left."""
-        sent = asyncio.get_running_loop().create_future()
+        stream (``by_report_stream``) at once, and None, while the worker's stream is not
+        open. The future is done once the answer has left."""
         if not self.streaming:
             by_report_stream(reply)
-            sent.set_result(None)
-            return sent
+            return None
+        sent = asyncio.get_running_loop().create_future()
         self.answers.append(_LateAnswer(reply, by_report_stream, sent))
         if self.answers_timer is None:
             self.answers_timer = asyncio.get_running_loop().call_later(
@@ -446,14 +445,13 @@ class Scheduler:
         worker_id: str,
         reply: workers_pb2.ReportAnswer,
         by_report_stream: Callable[[workers_pb2.ReportAnswer], None],
-    ) -> asyncio.Future[None]:
-        """Answer a report batch on the worker's stream (see the module docstring)."""
+    ) -> asyncio.Future[None] | None:
+        """Answer a report batch on the worker's stream (see the module docstring); None
+        when it went on the Report stream at once."""
         session = self.sessions.get(worker_id)
         if session is None:
             by_report_stream(reply)
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
+            return None
         return session.answer_later(reply, by_report_stream, self.settings.answer_delay_s)
 
     async def started(self, worker_id: str, attempts: Sequence[AttemptRef]) -> list[ReportOutcome]:

@@ -304,7 +304,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                 answers.put_nowait(reply)
                 return
             sent = self.scheduler.answer_later(batch.worker_id, reply, answers.put_nowait)
-            if not sent.done():
+            if sent is not None:
                 leaving.add(sent)
                 sent.add_done_callback(leaving.discard)
 
