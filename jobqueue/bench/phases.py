@@ -1,11 +1,13 @@
 """The measured phases: submit rates, draining a backlog, dispatch latency at a steady rate.
 
-Every figure comes from timestamps that one clock wrote, so no clock skew between
-processes enters it: the store stamps ``created_at`` when it accepts a job, ``started_at``
-when the worker's Started report reaches it and ``finished_at`` when its Result does;
-the relay stamps its progress (``outbox_progress.updated_at``) each time it moves it.
-The benchmark adds only its own send times (the same machine's wall clock) for the
-client-side latency.
+Every figure comes from timestamps of the machine's one wall clock, so no clock skew
+between processes enters it: the store stamps ``created_at`` when it accepts a job and
+``finished_at`` when its Result reaches it; ``started_at`` is when the worker began the
+job, as the worker stamped it (``JobAttempt.started_at`` in workers.proto; until the
+evening of 4 December 2026 it was when the report of the start reached the store, which
+put the report's way back into every latency); the relay stamps its progress
+(``outbox_progress.updated_at``) each time it moves it. The benchmark adds only its own
+send times for the client-side latency.
 
 - Submit rates are timed in the benchmark around the calls, on a paused queue, so
   dispatch does not compete with them.
@@ -275,9 +277,8 @@ async def steady_latency(
 ) -> Latency:
     """Submit at ``rate_per_s`` for ``seconds``, one job per call, and time each job's start.
 
-    A job that ended before its worker's Started report left has its start recorded with
-    its result (see ``jobqueue.worker.reporting``): its ``started_at`` is then when the
-    result reached the operator, the moment a Started report would have.
+    A start is when the worker began the job by its own clock, whether its Started report
+    went alone or with the result (see ``jobqueue.worker.reporting``).
     """
     cpu_before, cpu_began = cpu.snapshot(processes), time.monotonic()
     since = datetime.now(UTC)

@@ -89,6 +89,11 @@ def set_timestamp(field: timestamp_pb2.Timestamp, moment: datetime.datetime) -> 
     field.nanos = since.microseconds * 1000
 
 
+def moment_of(field: timestamp_pb2.Timestamp) -> datetime.datetime:
+    """A timestamp field's moment, to the microsecond (ToDatetime costs half as much again)."""
+    return _EPOCH + datetime.timedelta(seconds=field.seconds, microseconds=field.nanos // 1000)
+
+
 def duration(seconds: float | None) -> duration_pb2.Duration | None:
     if seconds is None:
         return None
@@ -265,7 +270,13 @@ def fill_assignment(message: workers_pb2.Assignment, job: Job | Claimed) -> None
 
 
 def attempt_refs(attempts: Any) -> list[AttemptRef]:
-    return [AttemptRef(attempt.job_id, attempt.attempt) for attempt in attempts]
+    return [
+        AttemptRef(attempt.job_id, attempt.attempt, _started_at(attempt)) for attempt in attempts
+    ]
+
+
+def _started_at(attempt: workers_pb2.JobAttempt) -> datetime.datetime | None:
+    return moment_of(attempt.started_at) if attempt.HasField("started_at") else None
 
 
 def attempt_result(result: workers_pb2.JobResult) -> AttemptResult:
@@ -281,6 +292,7 @@ def attempt_result(result: workers_pb2.JobResult) -> AttemptResult:
         error=result.error,
         exit_code=result.exit_code,
         run_time_s=seconds_of(result.run_time) if result.HasField("run_time") else None,
+        started_at=_started_at(result.job),
     )
 
 

@@ -113,6 +113,7 @@ class PlannedEvent:
     kind: EventKind
     attempt: int
     data: Mapping[str, Any]
+    occurred_at: datetime | None = None  # None: when the change is made (its updated_at)
 
 
 @dataclass(frozen=True)
@@ -197,16 +198,36 @@ def _refused(job_id: str, attempt: int, job: Job | None, reason: str) -> ReportO
     )
 
 
-def start(job: Job, worker_id: str, lease_s: float, now: datetime) -> Change:
-    """The worker said it started the attempt: running, with a fresh lease."""
+def recorded_start(job: Job, reported: datetime | None, now: datetime) -> datetime:
+    """The start to record for the job's attempt: the worker's own, kept in bounds.
+
+    A worker stamps when it began an attempt by its clock, which may differ from the
+    operator's. The stamp is kept between the attempt's assignment and ``now``, the
+    report's arrival: a start can be neither before the job was handed out nor after it
+    was heard of. Without a stamp (an older worker), the arrival is the start.
+    ``queries.START_ATTEMPTS`` and ``FINISH_SUCCEEDED`` say the same in SQL.
+    """
+    if reported is None:
+        return now
+    if job.assigned_at is not None and reported < job.assigned_at:
+        return job.assigned_at
+    return min(reported, now)
+
+
+def start(
+    job: Job, worker_id: str, lease_s: float, now: datetime, started_at: datetime | None = None
+) -> Change:
+    """The worker said it started the attempt (at ``started_at``, by its clock): running,
+    with a fresh lease."""
+    began = recorded_start(job, started_at, now)
     started = _moved(
         job,
         JobState.RUNNING,
         now,
-        started_at=now,
+        started_at=began,
         lease_expires_at=now + timedelta(seconds=lease_s),
     )
-    event = PlannedEvent(EventKind.STARTED, job.attempt, {"worker_id": worker_id})
+    event = PlannedEvent(EventKind.STARTED, job.attempt, {"worker_id": worker_id}, began)
     return Change(started, (event,))
 
 
@@ -218,12 +239,13 @@ def judge_started(
     worker_id: str,
     lease_s: float,
     now: datetime,
+    started_at: datetime | None = None,
 ) -> tuple[ReportOutcome, Change | None]:
     """Accept or refuse a Started report; only an assigned attempt can start."""
     reason = stale_reason(job, attempt, worker_id, frozenset({JobState.ASSIGNED}))
     if reason is not None or job is None:
         return _refused(job_id, attempt, job, reason or "unknown job"), None
-    change = start(job, worker_id, lease_s, now)
+    change = start(job, worker_id, lease_s, now, started_at)
     return ReportOutcome(job_id, attempt, accepted=True, state=change.job.state), change
 
 
@@ -248,7 +270,7 @@ def judge_result(
 
     events: tuple[PlannedEvent, ...] = ()
     if job.state is JobState.ASSIGNED:
-        started = start(job, worker_id, 0.0, now)
+        started = start(job, worker_id, 0.0, now, result.started_at)
         job, events = started.job, started.events
 
     change = finish(job, result, backoff=backoff, limits=limits, now=now, random=random)

@@ -282,6 +282,8 @@ class DirectSlots:
 class AttemptRef:
     job_id: str
     attempt: int
+    # When the worker began the attempt, by its clock; see ``lifecycle.recorded_start``.
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,8 @@ class AttemptResult:
     error: str = ""
     exit_code: int | None = None
     run_time_s: float | None = None
+    # When the worker began the attempt, by its clock; see ``lifecycle.recorded_start``.
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -358,30 +358,38 @@ _REPORTED_JOBS: LiteralString = """
   ) AS job
 """
 
+# The start recorded for a reported attempt, as lifecycle.recorded_start says: the
+# worker's stamp (``reported.started_at``), kept between the assignment and now.
+_RECORDED_START: LiteralString = """
+    LEAST(%(now)s, GREATEST(jobs.assigned_at, COALESCE(locked.started_at, %(now)s)))"""
+
 # Mark assigned attempts running, with a fresh lease, and record their started events.
 START_ATTEMPTS: LiteralString = (
     """
 WITH reported AS (
-  SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[]) WITH ORDINALITY
-    AS r(id, attempt, position)
+  SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(started_ats)b::timestamptz[])
+    WITH ORDINALITY AS r(id, attempt, started_at, position)
 ),
 locked AS (
-  SELECT job.id, reported.position"""
+  SELECT job.id, reported.started_at, reported.position"""
     + _REPORTED_JOBS
     + """  WHERE job.attempt = reported.attempt AND job.worker_id = %(worker_id)s
     AND job.state = 'assigned'
 ),
 changed AS (
   UPDATE jobs SET
-    state = 'running', started_at = %(now)s, lease_expires_at = %(lease_expires_at)s,
-    updated_at = %(now)s
+    state = 'running', started_at ="""
+    + _RECORDED_START
+    + """,
+    lease_expires_at = %(lease_expires_at)s, updated_at = %(now)s
   FROM locked
   WHERE jobs.id = locked.id
-  RETURNING jobs.id, jobs.queue, jobs.attempt, locked.position
+  RETURNING jobs.id, jobs.queue, jobs.attempt, jobs.started_at, locked.position
 ),
 recorded AS (
   INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at, data)
-  SELECT id, queue, 'started', attempt, %(now)s, jsonb_build_object('worker_id', %(worker_id)s)
+  SELECT id, queue, 'started', attempt, started_at,
+         jsonb_build_object('worker_id', %(worker_id)s)
   FROM changed ORDER BY position
 )
 SELECT position FROM changed
@@ -397,12 +405,13 @@ FINISH_SUCCEEDED: LiteralString = (
 WITH reported AS (
   SELECT * FROM unnest(
     %(ids)b::uuid[], %(attempts)b::int[], %(outputs)b::text[], %(output_truncateds)b::bool[],
-    %(exit_codes)b::int[], %(run_times_s)b::text[]
-  ) WITH ORDINALITY AS r(id, attempt, output, output_truncated, exit_code, run_time_s, position)
+    %(exit_codes)b::int[], %(run_times_s)b::text[], %(started_ats)b::timestamptz[]
+  ) WITH ORDINALITY AS r(
+    id, attempt, output, output_truncated, exit_code, run_time_s, started_at, position)
 ),
 locked AS (
   SELECT job.id, job.state AS previous_state, reported.output, reported.output_truncated,
-         reported.exit_code, reported.run_time_s, reported.position"""
+         reported.exit_code, reported.run_time_s, reported.started_at, reported.position"""
     + _REPORTED_JOBS
     + """  WHERE job.attempt = reported.attempt AND job.worker_id = %(worker_id)s
     AND job.state IN ('assigned', 'running')
@@ -410,23 +419,26 @@ locked AS (
 changed AS (
   UPDATE jobs SET
     state = 'succeeded',
-    started_at = CASE WHEN locked.previous_state = 'assigned' THEN %(now)s ELSE started_at END,
+    started_at = CASE WHEN locked.previous_state = 'assigned' THEN"""
+    + _RECORDED_START
+    + """
+      ELSE jobs.started_at END,
     finished_at = %(now)s, lease_expires_at = NULL, output = locked.output,
     output_truncated = locked.output_truncated, exit_code = locked.exit_code,
     updated_at = %(now)s
   FROM locked
   WHERE jobs.id = locked.id
-  RETURNING jobs.id, jobs.queue, jobs.attempt, locked.previous_state, locked.exit_code,
-            locked.run_time_s, locked.position
+  RETURNING jobs.id, jobs.queue, jobs.attempt, jobs.started_at, locked.previous_state,
+            locked.exit_code, locked.run_time_s, locked.position
 ),
 recorded AS (
   INSERT INTO job_events (job_id, queue, kind, attempt, occurred_at, data)
-  SELECT id, queue, kind, attempt, %(now)s, data FROM (
-    SELECT id, queue, 'started' AS kind, attempt, position, 1 AS step,
-           jsonb_build_object('worker_id', %(worker_id)s) AS data
+  SELECT id, queue, kind, attempt, occurred_at, data FROM (
+    SELECT id, queue, 'started' AS kind, attempt, started_at AS occurred_at, position,
+           1 AS step, jsonb_build_object('worker_id', %(worker_id)s) AS data
     FROM changed WHERE previous_state = 'assigned'
     UNION ALL
-    SELECT id, queue, 'succeeded', attempt, position, 2,
+    SELECT id, queue, 'succeeded', attempt, %(now)s, position, 2,
            jsonb_build_object(
              'worker_id', %(worker_id)s, 'exit_code', exit_code,
              'run_time_s', run_time_s::numeric)

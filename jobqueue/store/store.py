@@ -614,6 +614,7 @@ class JobStore:
         params = {
             "ids": keys,
             "attempts": [ref.attempt for ref in attempts],
+            "started_ats": [ref.started_at for ref in attempts],
             "worker_id": worker_id,
             "now": now,
             "lease_expires_at": now + timedelta(seconds=lease_s),
@@ -646,6 +647,7 @@ class JobStore:
                     worker_id=worker_id,
                     lease_s=lease_s,
                     now=now,
+                    started_at=ref.started_at,
                 )
                 outcomes.append(outcome)
                 if change is not None:
@@ -682,6 +684,7 @@ class JobStore:
             "exit_codes": [result.exit_code for result in results],
             # repr() writes a float as json.dumps does, which the general path uses.
             "run_times_s": [repr(result.run_time_s) for result in results],
+            "started_ats": [result.started_at for result in results],
             "worker_id": worker_id,
             "now": now,
         }
@@ -1101,7 +1104,7 @@ async def _apply(cursor: AsyncCursor[DictRow], changes: Sequence[Change]) -> Non
         "event_queues": [job.queue for job, _ in events],
         "event_kinds": [str(event.kind) for _, event in events],
         "event_attempts": [event.attempt for _, event in events],
-        "event_occurred_ats": [job.updated_at for job, _ in events],
+        "event_occurred_ats": [event.occurred_at or job.updated_at for job, event in events],
         "event_data": [_COMPACT_JSON.encode(event.data) for _, event in events],
     }
     await cursor.execute(queries.APPLY_CHANGES, params)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
@@ -65,6 +66,9 @@ class Attempt:
         self.key: AttemptKey = (assignment.job_id, assignment.attempt)
         self.stop_event = asyncio.Event()
         self.stop_request: StopRequest | None = None
+        # When the job began to run here (time.time_ns()); None until it does. Reported
+        # with the start and the result: the operator records it as the job's start.
+        self.started_ns: int | None = None
 
     @property
     def job_id(self) -> str:
@@ -80,8 +84,20 @@ class Attempt:
             self.stop_request = StopRequest(outcome, reason, report)
         self.stop_event.set()
 
+    def begin(self) -> None:
+        """Note that the job begins to run now."""
+        self.started_ns = time.time_ns()
+
     def to_proto(self) -> workers_pb2.JobAttempt:
-        return workers_pb2.JobAttempt(job_id=self.job_id, attempt=self.number)
+        message = workers_pb2.JobAttempt(job_id=self.job_id, attempt=self.number)
+        self.fill_started_at(message)
+        return message
+
+    def fill_started_at(self, message: workers_pb2.JobAttempt) -> None:
+        if self.started_ns is not None:
+            seconds, nanos = divmod(self.started_ns, 1_000_000_000)
+            message.started_at.seconds = seconds
+            message.started_at.nanos = nanos
 
 
 def timeout_s(assignment: workers_pb2.Assignment) -> float:
@@ -165,6 +181,7 @@ def job_result(attempt: Attempt, result: ExecutionResult) -> workers_pb2.JobResu
     # Filled in place: a message given to the constructor would be copied.
     message.job.job_id = attempt.job_id
     message.job.attempt = attempt.number
+    attempt.fill_started_at(message.job)
     message.run_time.seconds = int(whole) + carry
     message.run_time.nanos = micros * 1000
     return message

@@ -594,6 +594,7 @@ class Worker:
     async def _execute(self, attempt: Attempt, on_wait: Callable[[], None]) -> ExecutionResult:
         self._debug(attempt, "Attempt %d started")
         self._running += 1
+        attempt.begin()
         try:
             result = await execute(
                 attempt.assignment,

@@ -57,6 +57,7 @@ async def test_a_report_reads_only_its_own_jobs_whatever_the_statistics_say(
         "output_truncateds": [False] * count,
         "exit_codes": [0] * count,
         "run_times_s": ["0.001"] * count,
+        "started_ats": [datetime.now(UTC)] * count,
         "worker_id": "w0",
         "now": datetime.now(UTC),
         "lease_expires_at": datetime.now(UTC),

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -165,6 +166,25 @@ async def test_command_job_is_reported_started_then_succeeded_with_its_output(
     assert (result.output, result.exit_code, result.error) == ("hello\n", 0, "")
     assert result.run_time.ToTimedelta().total_seconds() > 0
     assert operator.timeline.index("started:c1") < operator.timeline.index("result:c1")
+
+
+async def test_start_and_result_carry_when_the_worker_began_the_job(harness: Harness) -> None:
+    operator = await harness.worker_connected()
+    reported: list[workers_pb2.JobAttempt] = []
+
+    async def keep(request: workers_pb2.StartedRequest) -> None:
+        reported.extend(request.jobs)
+
+    operator.started_hook = keep
+    before = time.time_ns()
+    operator.assign(command_assignment("c1", [sys.executable, "-c", "pass"]))
+    await operator.results.wait_for()
+    after = time.time_ns()
+
+    (started,) = reported
+    assert started.HasField("started_at")
+    assert before <= started.started_at.ToNanoseconds() <= after
+    assert operator.result_of("c1").job.started_at == started.started_at
 
 
 async def test_reports_answered_on_the_command_stream_settle_and_are_sent_once(
