@@ -193,6 +193,10 @@ class WorkerSettings:
     heartbeat_interval_s: float = field(default=5.0, metadata={"minimum": 0.1})
     # Seconds running jobs get to finish after SIGTERM before they are stopped.
     drain_grace_s: float = field(default=30.0, metadata={"minimum": 0.0})
+    # Seconds a Started or Result report may wait for others to share its call while at
+    # most a quarter of the worker's slots are taken; 0 sends each at once. A result
+    # reaches the store up to this much later; the recorded start is the worker's own.
+    report_linger_s: float = field(default=0.02, metadata={"minimum": 0.0, "maximum": 1.0})
     # The bearer token the worker proves itself with: its pod's ServiceAccount token,
     # re-read whenever the kubelet rotates it. A missing file at this default path means
     # no token (a local worker against an operator without authentication).
@@ -305,6 +309,9 @@ def _build_section(
         minimum = spec.metadata.get("minimum")
         if minimum is not None and values[field_name] is not None and values[field_name] < minimum:
             raise ConfigError(f"{setting}: must be at least {minimum}, got {values[field_name]}")
+        maximum = spec.metadata.get("maximum")
+        if maximum is not None and values[field_name] is not None and values[field_name] > maximum:
+            raise ConfigError(f"{setting}: must be at most {maximum}, got {values[field_name]}")
     _warn_about_url_passwords(name, raw, path)
     return section_type(**values)
 

@@ -145,6 +145,7 @@ def worker_config(args: argparse.Namespace, settings: WorkerSettings) -> WorkerC
         concurrency=concurrency,
         heartbeat_interval_s=settings.heartbeat_interval_s,
         drain_grace_s=settings.drain_grace_s,
+        report_linger_s=settings.report_linger_s,
         security=channel_security(args, settings),
         job_env_overridable=frozenset(split_list(settings.job_env_overridable)),
     )

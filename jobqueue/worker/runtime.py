@@ -105,6 +105,9 @@ class WorkerConfig:
     final_report_timeout_s: float = 10.0
     # Seconds a stopped command gets between SIGTERM and SIGKILL.
     kill_grace_s: float = 5.0
+    # Seconds a report may wait for others to share its call while the worker is mostly
+    # idle (see ``reporting``); 0 sends each at once.
+    report_linger_s: float = 0.0
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     hostname: str = field(default_factory=socket.gethostname)
     version: str = __version__
@@ -181,6 +184,8 @@ class Worker:
             link=self._link,
             send=self._send_started,
             key=lambda job: (job.job_id, job.attempt),
+            linger_s=config.report_linger_s,
+            may_linger=self._mostly_idle,
         )
         self._results: Reporter[workers_pb2.JobResult] = Reporter(
             "Result",
@@ -188,6 +193,8 @@ class Worker:
             link=self._link,
             send=self._send_results,
             key=lambda result: (result.job.job_id, result.job.attempt),
+            linger_s=config.report_linger_s,
+            may_linger=self._mostly_idle,
         )
 
     # The outside view ---------------------------------------------------------------
@@ -558,6 +565,12 @@ class Worker:
         self._stop_everything = request
         for attempt in self._attempts.values():
             attempt.stop(request.outcome, request.reason, report=request.report)
+
+    def _mostly_idle(self) -> bool:
+        """Whether reports may linger (see ``reporting``): not draining, and at most a
+        quarter of the slots taken as the operator counts them, unreported results too."""
+        taken = len(self._attempts) + self._results.outstanding
+        return taken * 4 <= self.config.concurrency and not self._draining.is_set()
 
     # One attempt ----------------------------------------------------------------------
 

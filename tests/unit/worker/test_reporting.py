@@ -159,3 +159,53 @@ async def test_calls_cut_short_leave_their_reports_to_be_sent_again() -> None:
         await again.wait_for_calls(1)
         assert sorted(job for batch in again.batches for job in batch) == ["a", "b", "c"]
         rerun.cancel()
+
+
+def lingering_reporter(
+    send: HeldCalls, *, linger_s: float, may_linger: Callable[[], bool]
+) -> Reporter[workers_pb2.JobAttempt]:
+    link = Link()
+    link.establish(Session(1, "operator", heartbeat_interval_s=5, lease_s=30))
+    return Reporter(
+        "Started",
+        queue="q",
+        link=link,
+        send=send.send,
+        key=lambda item: (item.job_id, item.attempt),
+        linger_s=linger_s,
+        may_linger=may_linger,
+    )
+
+
+async def test_an_idle_workers_reports_linger_and_share_a_call() -> None:
+    calls = HeldCalls()
+    # Long enough that the test's own steps all fall inside it, however slow the machine.
+    reporter = lingering_reporter(calls, linger_s=0.5, may_linger=lambda: True)
+    async with asyncio.timeout(5):
+        running = asyncio.create_task(reporter.run())
+        first = reporter.submit(attempt("a"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert calls.batches == []  # lingering
+        second = reporter.submit(attempt("b"))
+        await calls.wait_for_calls(1)
+        calls.release(0)
+
+        assert await asyncio.gather(first, second) == [Answer(True)] * 2
+        assert calls.batches == [["a", "b"]]
+        running.cancel()
+
+
+async def test_reports_go_at_once_when_the_worker_may_not_linger() -> None:
+    calls = HeldCalls()
+    # A linger longer than the test's bound: a report held for it would time the test out.
+    reporter = lingering_reporter(calls, linger_s=60, may_linger=lambda: False)
+    async with asyncio.timeout(5):
+        running = asyncio.create_task(reporter.run())
+        first = reporter.submit(attempt("a"))
+        await calls.wait_for_calls(1)
+        calls.release(0)
+
+        assert await first == Answer(True)
+        assert calls.batches == [["a"]]
+        running.cancel()

@@ -187,6 +187,22 @@ async def test_start_and_result_carry_when_the_worker_began_the_job(harness: Har
     assert operator.result_of("c1").job.started_at == started.started_at
 
 
+async def test_a_worker_with_its_slots_taken_reports_at_once_whatever_its_linger(
+    harness: Harness,
+) -> None:
+    operator = ScriptedOperator()
+    # One slot, taken by the job until its result is answered: the report may not wait
+    # for company, or the operator could give the worker nothing meanwhile. A report held
+    # for the linger would outlast the wait below.
+    harness.start_worker(await harness.serve(operator), concurrency=1, report_linger_s=60.0)
+    await operator.streams_opened.wait_for()
+
+    operator.assign(command_assignment("c1", [sys.executable, "-c", "pass"]))
+    await operator.results.wait_for()
+
+    assert operator.result_of("c1").outcome == workers_pb2.OUTCOME_SUCCEEDED
+
+
 async def test_reports_answered_on_the_command_stream_settle_and_are_sent_once(
     harness: Harness,
 ) -> None:
