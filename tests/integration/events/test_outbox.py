@@ -31,13 +31,17 @@ from jobqueue.devenv import Environment
 from jobqueue.devenv.processes import free_port
 from jobqueue.events import (
     OUTBOX_LOCK_KEY,
+    KafkaSender,
     OutboxEvent,
     OutboxRelay,
     Position,
+    RenderedEvent,
     all_topics,
     encode_event,
+    ensure_topics,
     topic_for,
 )
+from jobqueue.events import relay as relay_module
 from jobqueue.events.relay import _Outbox
 from tests.conftest import KafkaTarget
 
@@ -582,3 +586,30 @@ async def test_only_one_relay_publishes_and_a_standby_takes_over(
     assert await _lock_holders(database_url) == 0
     received = await asyncio.to_thread(consume, kafka, {e.id for e in written + more})
     assert check_delivery(kafka, written + more, received) == 0
+
+
+async def test_events_produced_past_a_full_local_queue_all_arrive_in_order(
+    kafka: KafkaTarget,
+) -> None:
+    settings = KafkaSettings(
+        bootstrap_servers=kafka.bootstrap_servers, topic_prefix=kafka.topic_prefix
+    )
+    await asyncio.to_thread(ensure_topics, settings, kafka.topic_prefix, 1, 1)
+    # A local queue of 10 messages: the relay's chunks of 50 overflow it, and the rest of
+    # each chunk is produced by a thread that waits for room.
+    sender = KafkaSender(settings, overrides={"queue.buffering.max.messages": 10})
+    job_id = str(uuid.uuid4())
+    events = [
+        RenderedEvent(number, job_id, "submitted", json.dumps({"event_id": number}))
+        for number in range(1, 121)
+    ]
+    try:
+        async with asyncio.timeout(60):
+            await relay_module._produce(sender, events)
+            assert await asyncio.to_thread(sender.wait, 30) == 0
+
+        assert sender.acknowledged == {event.id for event in events}
+        received = await asyncio.to_thread(consume, kafka, {event.id for event in events})
+        assert [r.event_id for r in received] == [event.id for event in events]
+    finally:
+        await asyncio.to_thread(sender.close)
