@@ -225,6 +225,10 @@ class KafkaBroker:
         return [
             str(self._java),
             "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            # The quick compiler only: a small local broker never needs the optimising
+            # one, whose compiling went on long after start-up and was half the broker's
+            # CPU at 500 jobs a second (docs/performance.md, "The local broker").
+            "-XX:TieredStopAtLevel=1",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",
             "-cp", f"{self._lib}/*",
@@ -253,6 +257,10 @@ class KafkaBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # Threads for a machine of a core or two, not the defaults' 3 and 8: each
+            # request woke several of them, each a wake-up and a switch.
+            "num.network.threads": "1",
+            "num.io.threads": "2",
         }
         self._properties.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         (self.directory / "log4j2.properties").write_text(_KAFKA_LOG4J)
