@@ -87,6 +87,12 @@ class KafkaSettings:
     bootstrap_servers: str | None = None
     # Prefix of the six lifecycle topics (<prefix>job.submitted, ...).
     topic_prefix: str = "jobqueue."
+    # Partitions and replicas of each lifecycle topic the relay creates; a topic that
+    # exists keeps its own. A job's events always share a partition, so any count keeps
+    # each job's order; more partitions let more consumers of one group read at once, and
+    # cost the broker more per request (docs/performance.md, "The local broker").
+    topic_partitions: int = field(default=3, metadata={"minimum": 1})
+    topic_replication: int = field(default=1, metadata={"minimum": 1})
     # How clients reach the brokers; SASL_SSL (or SSL) wherever the network is shared.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     # The SASL mechanism, required with the SASL_* protocols.

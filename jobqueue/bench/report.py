@@ -143,8 +143,8 @@ def table(results: Results) -> str:
     width = max(len(name) for name, _ in rows) + 2
     lines = [
         f"jobqueue benchmark: {config.workers} worker(s) x {config.concurrency} slots,"
-        f" Python {results.machine.python}, {results.machine.cpus} CPUs,"
-        f" {results.seconds:.0f} s in all",
+        f" Python {results.machine.python}, {results.machine.cpus} CPUs, event topics of"
+        f" {config.topic_partitions} partition(s), {results.seconds:.0f} s in all",
         "",
         *(f"{name:<{width}}{value}" for name, value in rows),
     ]

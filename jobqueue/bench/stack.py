@@ -115,10 +115,10 @@ def _child_environment(**variables: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def operator_process(
-    database_url: str, servers: Servers, prefix: str, run_dir: Path
+    database_url: str, servers: Servers, prefix: str, run_dir: Path, *, topic_partitions: int = 1
 ) -> AsyncIterator[OperatorProcess]:
     """The operator in a child process, serving gRPC on a free loopback port; ``prefix``
-    starts its Kafka topics and Redis keys."""
+    starts its Kafka topics and Redis keys, which have ``topic_partitions`` each."""
     address = f"127.0.0.1:{free_port()}"
     environment = _child_environment(
         JQ_DATABASE_URL=database_url,
@@ -126,6 +126,7 @@ async def operator_process(
         JQ_KAFKA_BOOTSTRAP_SERVERS=servers.kafka_bootstrap_servers,
         JQ_REDIS_KEY_PREFIX=prefix,
         JQ_KAFKA_TOPIC_PREFIX=prefix,
+        JQ_KAFKA_TOPIC_PARTITIONS=str(topic_partitions),
         JQ_OPERATOR_GRPC_ADDRESS=address,
         JQ_OPERATOR_HTTP_ADDRESS="",
         # The benchmark measures queueing, like the queues it is compared with, which have

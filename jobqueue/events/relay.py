@@ -240,8 +240,6 @@ class OutboxRelay:
         standby_interval_s: float = 2.0,
         retry_delay_s: float = 1.0,
         stop_grace_s: float = 5.0,
-        topic_partitions: int = 3,
-        topic_replication: int = 1,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         kafka = kafka or KafkaSettings()
@@ -259,8 +257,6 @@ class OutboxRelay:
         self.standby_interval_s = standby_interval_s
         self.retry_delay_s = retry_delay_s
         self.stop_grace_s = stop_grace_s
-        self._topic_partitions = topic_partitions
-        self._topic_replication = topic_replication
         self._now = now
         self.active = asyncio.Event()
         self.published = 0
@@ -478,8 +474,8 @@ class OutboxRelay:
                 ensure_topics,
                 self._kafka,
                 self._prefix,
-                self._topic_partitions,
-                self._topic_replication,
+                self._kafka.topic_partitions,
+                self._kafka.topic_replication,
                 timeout_s=_TOPIC_TIMEOUT_S,
             )
         except UnavailableError as error:

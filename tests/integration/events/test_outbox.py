@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import pytest
@@ -206,11 +207,14 @@ async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Task[None]]:
         await asyncio.wait_for(task, 30)
 
 
-def make_relay(database_url: str, kafka: KafkaTarget, batch_size: int = 128) -> OutboxRelay:
-    """A relay with short intervals, so tests move quickly; 128 makes several full batches."""
+def make_relay(
+    database_url: str, kafka: KafkaTarget, batch_size: int = 128, **settings: Any
+) -> OutboxRelay:
+    """A relay with short intervals, so tests move quickly; 128 makes several full batches.
+    ``settings`` are KafkaSettings fields."""
     return OutboxRelay(
         database_url,
-        KafkaSettings(kafka.bootstrap_servers, topic_prefix=kafka.topic_prefix),
+        KafkaSettings(kafka.bootstrap_servers, topic_prefix=kafka.topic_prefix, **settings),
         batch_size=batch_size,
         idle_interval_s=0.05,
         standby_interval_s=0.1,
@@ -240,6 +244,26 @@ async def test_every_event_arrives_once_in_order_per_job_and_is_marked(
     received = await asyncio.to_thread(consume, kafka, {event.id for event in written})
     assert check_delivery(kafka, written, received) == 0
     assert await published_ids(database_url) == {event.id for event in written}
+
+
+async def test_the_relay_creates_its_topics_with_the_partitions_configured(
+    database_url: str, kafka: KafkaTarget
+) -> None:
+    written = await write_steps(database_url, new_jobs(20), range(len(LIFECYCLE)))
+    relay = make_relay(database_url, kafka, topic_partitions=2)
+
+    async with running(relay):
+
+        async def all_published() -> bool:
+            return relay.published == len(written)
+
+        await _wait_for(all_published, 60, "every event to be published")
+
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    topics = (await asyncio.to_thread(admin.list_topics, timeout=10)).topics
+    assert {name: len(topics[name].partitions) for name in all_topics(kafka.topic_prefix)} == (
+        dict.fromkeys(all_topics(kafka.topic_prefix), 2)
+    )
 
 
 # Event data as the store writes it, and the awkward cases JSON encoders differ on.
