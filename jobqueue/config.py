@@ -199,9 +199,10 @@ class WorkerSettings:
     heartbeat_interval_s: float = field(default=5.0, metadata={"minimum": 0.1})
     # Seconds running jobs get to finish after SIGTERM before they are stopped.
     drain_grace_s: float = field(default=30.0, metadata={"minimum": 0.0})
-    # Seconds a Started or Result report may wait for others to share its call while at
-    # most a quarter of the worker's slots are taken; 0 sends each at once. A result
-    # reaches the store up to this much later; the recorded start is the worker's own.
+    # Seconds a Started or Result report may wait for others to share its call, while at
+    # most a quarter of the worker's slots are taken and reports come often (it and the two
+    # before it within this time); 0 sends each at once. A result then reaches the store
+    # up to this much later; the recorded start is the worker's own stamp.
     report_linger_s: float = field(default=0.02, metadata={"minimum": 0.0, "maximum": 1.0})
     # The bearer token the worker proves itself with: its pod's ServiceAccount token,
     # re-read whenever the kubelet rotates it. A missing file at this default path means

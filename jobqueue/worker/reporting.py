@@ -20,11 +20,14 @@ none is recorded twice.
 A worker that is mostly idle may let a report linger (``linger_s``, while ``may_linger``
 says so) for others to share its call: at a moderate rate each job otherwise costs a
 call, a task and a statement of its own in the operator, which at 500 jobs a second was
-the largest part of the operator's work. Nothing that depends on timing waits for it:
-the start recorded is the worker's own stamp (``JobAttempt.started_at``), and the worker
-lingers only while few of its slots are taken, so the operator, which counts a slot
-taken until the result arrives, still has most of them to give. A result then reaches
-the store up to ``linger_s`` later, which is all a caller waiting on the job sees of it.
+the largest part of the operator's work. It lingers only when company is likely: the
+report and the ``COMPANY`` before it were all submitted within ``linger_s``. A lone
+report, the usual case at a low rate, goes at once, as a linger would delay it for
+nothing. Nothing that depends on timing waits for it: the start recorded is the worker's
+own stamp (``JobAttempt.started_at``), and the worker lingers only while few of its slots
+are taken, so the operator, which counts a slot taken until the result arrives, still
+has most of them to give. A result then reaches the store up to ``linger_s`` later,
+which is all a caller waiting on the job sees of it.
 
 An item may wait for another report to be answered first (``after``): a result is sent
 only once its attempt's ``Started`` was answered, so the operator never sees the end of
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -63,6 +67,10 @@ MAX_BATCH_ITEMS = 500
 # Calls of one kind under way at once. The batches of a busy worker stay large: items
 # wait only while every call is out.
 MAX_CALLS_IN_FLIGHT = 3
+# The reports that must have come just before one (within the linger) for it to wait for
+# more: two, so a worker lingers from about 100 reports a second of a kind upwards, where
+# a linger of 20 ms gathers a few to a call.
+COMPANY = 2
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,8 @@ class Reporter(Generic[Item]):
         self._max_calls_in_flight = max_calls_in_flight
         self._linger_s = linger_s
         self._may_linger = may_linger
+        # When the latest reports were submitted (the loop's time), to tell company.
+        self._recent: deque[float] = deque(maxlen=COMPANY + 1)
         # Items not sent yet, by attempt, oldest first; a dict so withdrawing one is cheap.
         self._waiting: dict[AttemptKey, _Entry[Item]] = {}
         # The calls under way with their batches, and the attempts those carry.
@@ -141,7 +151,9 @@ class Reporter(Generic[Item]):
             return queued.answer
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Answer] = loop.create_future()
-        self._waiting[key] = _Entry(item, key, answer, after, loop.time())
+        now = loop.time()
+        self._waiting[key] = _Entry(item, key, answer, after, now)
+        self._recent.append(now)
         if after is not None and not after.done():
             after.add_done_callback(lambda _: self._wake.set())
         self._idle.clear()
@@ -189,7 +201,7 @@ class Reporter(Generic[Item]):
                 # Let what is ready run first: an attempt that ends at once withdraws its
                 # Started report (see ``withdraw``) and the result alone goes.
                 await asyncio.sleep(0)
-                if self._linger_s > 0 and self._may_linger():
+                if self._linger_s > 0 and self._company_likely() and self._may_linger():
                     await self._linger()
                 session = await self._link.online()
                 batch = self._take_batch()
@@ -210,6 +222,12 @@ class Reporter(Generic[Item]):
                 call.cancel()
             if calls:
                 await asyncio.wait(calls)
+
+    def _company_likely(self) -> bool:
+        """Whether a lingering report would have others join it: the latest report and the
+        ``COMPANY`` before it came within ``linger_s`` of each other."""
+        recent = self._recent
+        return len(recent) == recent.maxlen and recent[-1] - recent[0] < self._linger_s
 
     async def _linger(self) -> None:
         """Wait until the oldest report has waited ``linger_s``: others may join it."""

@@ -177,22 +177,45 @@ def lingering_reporter(
     )
 
 
-async def test_an_idle_workers_reports_linger_and_share_a_call() -> None:
+async def test_reports_coming_often_linger_and_share_a_call() -> None:
     calls = HeldCalls()
     # Long enough that the test's own steps all fall inside it, however slow the machine.
     reporter = lingering_reporter(calls, linger_s=0.5, may_linger=lambda: True)
     async with asyncio.timeout(5):
         running = asyncio.create_task(reporter.run())
-        first = reporter.submit(attempt("a"))
+        # The first reports have too few before them to expect company: each goes at once.
+        early = []
+        for call, job in enumerate(["a", "b"]):
+            early.append(reporter.submit(attempt(job)))
+            await calls.wait_for_calls(call + 1)
+            calls.release(call)
+        assert await asyncio.gather(*early) == [Answer(True)] * 2
+
+        # A third so soon after them lingers, and the next one shares its call.
+        third = reporter.submit(attempt("c"))
         for _ in range(5):
             await asyncio.sleep(0)
-        assert calls.batches == []  # lingering
-        second = reporter.submit(attempt("b"))
+        assert calls.batches == [["a"], ["b"]]  # lingering
+        fourth = reporter.submit(attempt("d"))
+        await calls.wait_for_calls(3)
+        calls.release(2)
+
+        assert await asyncio.gather(third, fourth) == [Answer(True)] * 2
+        assert calls.batches == [["a"], ["b"], ["c", "d"]]
+        running.cancel()
+
+
+async def test_a_lone_report_goes_at_once_though_the_worker_may_linger() -> None:
+    calls = HeldCalls()
+    # A linger longer than the test's bound: a report held for it would time the test out.
+    reporter = lingering_reporter(calls, linger_s=60, may_linger=lambda: True)
+    async with asyncio.timeout(5):
+        running = asyncio.create_task(reporter.run())
+        first = reporter.submit(attempt("a"))
         await calls.wait_for_calls(1)
         calls.release(0)
 
-        assert await asyncio.gather(first, second) == [Answer(True)] * 2
-        assert calls.batches == [["a", "b"]]
+        assert await first == Answer(True)
         running.cancel()
 
 

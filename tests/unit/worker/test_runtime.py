@@ -191,16 +191,20 @@ async def test_a_worker_with_its_slots_taken_reports_at_once_whatever_its_linger
     harness: Harness,
 ) -> None:
     operator = ScriptedOperator()
-    # One slot, taken by the job until its result is answered: the report may not wait
-    # for company, or the operator could give the worker nothing meanwhile. A report held
-    # for the linger would outlast the wait below.
+    # One slot, taken by each job until its result is answered: a report may not wait
+    # for company, or the operator could give the worker nothing meanwhile. The third
+    # result comes soon enough after two others to linger on an idle worker; one held for
+    # the linger would outlast the wait below.
     harness.start_worker(await harness.serve(operator), concurrency=1, report_linger_s=60.0)
     await operator.streams_opened.wait_for()
 
-    operator.assign(command_assignment("c1", [sys.executable, "-c", "pass"]))
-    await operator.results.wait_for()
+    for count, job_id in enumerate(["c1", "c2", "c3"], start=1):
+        operator.assign(command_assignment(job_id, [sys.executable, "-c", "pass"]))
+        await operator.results.wait_count(count)
 
-    assert operator.result_of("c1").outcome == workers_pb2.OUTCOME_SUCCEEDED
+    assert [operator.result_of(job).outcome for job in ("c1", "c2", "c3")] == (
+        [workers_pb2.OUTCOME_SUCCEEDED] * 3
+    )
 
 
 async def test_reports_answered_on_the_command_stream_settle_and_are_sent_once(
