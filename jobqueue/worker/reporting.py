@@ -23,11 +23,15 @@ call, a task and a statement of its own in the operator, which at 500 jobs a sec
 the largest part of the operator's work. It lingers only when company is likely: the
 report and the ``COMPANY`` before it were all submitted within ``linger_s``. A lone
 report, the usual case at a low rate, goes at once, as a linger would delay it for
-nothing. Nothing that depends on timing waits for it: the start recorded is the worker's
-own stamp (``JobAttempt.started_at``), and the worker lingers only while few of its slots
-are taken, so the operator, which counts a slot taken until the result arrives, still
-has most of them to give. A result then reaches the store up to ``linger_s`` later,
-which is all a caller waiting on the job sees of it.
+nothing. After a linger that nobody joined, the next lingers are skipped, one at first
+and twice as many after each such linger (up to ``MAX_LINGER_BACKOFF``): where a client
+waits for each job's end before it submits the next, reports come often but never
+together, and each linger would add its whole length to the job it held. Nothing that
+depends on timing waits for it: the start recorded is the worker's own stamp
+(``JobAttempt.started_at``), and the worker lingers only while few of its slots are
+taken, so the operator, which counts a slot taken until the result arrives, still has
+most of them to give. A result then reaches the store up to ``linger_s`` later, which is
+all a caller waiting on the job sees of it.
 
 An item may wait for another report to be answered first (``after``): a result is sent
 only once its attempt's ``Started`` was answered, so the operator never sees the end of
@@ -71,6 +75,8 @@ MAX_CALLS_IN_FLIGHT = 3
 # more: two, so a worker lingers from about 100 reports a second of a kind upwards, where
 # a linger of 20 ms gathers a few to a call.
 COMPANY = 2
+# Lingers skipped, at most, after one that nobody joined (see the module docstring).
+MAX_LINGER_BACKOFF = 256
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,10 @@ class Reporter(Generic[Item]):
         self._may_linger = may_linger
         # When the latest reports were submitted (the loop's time), to tell company.
         self._recent: deque[float] = deque(maxlen=COMPANY + 1)
+        # After a linger nobody joined: lingers to skip before the next, and how many the
+        # next such linger will set.
+        self._skip_lingers = 0
+        self._linger_backoff = 1
         # Items not sent yet, by attempt, oldest first; a dict so withdrawing one is cheap.
         self._waiting: dict[AttemptKey, _Entry[Item]] = {}
         # The calls under way with their batches, and the attempts those carry.
@@ -201,10 +211,13 @@ class Reporter(Generic[Item]):
                 # Let what is ready run first: an attempt that ends at once withdraws its
                 # Started report (see ``withdraw``) and the result alone goes.
                 await asyncio.sleep(0)
-                if self._linger_s > 0 and self._company_likely() and self._may_linger():
-                    await self._linger()
+                lingered = False
+                if self._linger_s > 0 and self._may_linger() and self._linger_pays():
+                    lingered = await self._linger()
                 session = await self._link.online()
                 batch = self._take_batch()
+                if lingered:
+                    self._learn_from_linger(joined=len(batch) > 1)
                 if not batch:
                     # Everything left waits for an earlier report; its answer wakes us.
                     self._wake.clear()
@@ -223,21 +236,40 @@ class Reporter(Generic[Item]):
             if calls:
                 await asyncio.wait(calls)
 
-    def _company_likely(self) -> bool:
-        """Whether a lingering report would have others join it: the latest report and the
-        ``COMPANY`` before it came within ``linger_s`` of each other."""
+    def _linger_pays(self) -> bool:
+        """Whether to linger now: company is likely (the latest report and the ``COMPANY``
+        before it came within ``linger_s``) and no linger is left to skip (which this
+        one then uses up)."""
         recent = self._recent
-        return len(recent) == recent.maxlen and recent[-1] - recent[0] < self._linger_s
+        if not self._waiting or len(recent) <= COMPANY:
+            return False
+        if recent[-1] - recent[0] >= self._linger_s:
+            return False
+        if self._skip_lingers:
+            self._skip_lingers -= 1
+            return False
+        return True
 
-    async def _linger(self) -> None:
-        """Wait until the oldest report has waited ``linger_s``: others may join it."""
+    def _learn_from_linger(self, *, joined: bool) -> None:
+        """Back off from lingering after a linger nobody joined; a shared one resets it."""
+        if joined:
+            self._linger_backoff = 1
+        else:
+            self._skip_lingers = self._linger_backoff
+            self._linger_backoff = min(2 * self._linger_backoff, MAX_LINGER_BACKOFF)
+
+    async def _linger(self) -> bool:
+        """Wait until the oldest report has waited ``linger_s``: others may join it.
+        Whether it waited."""
         oldest = next(iter(self._waiting.values()), None)
         if oldest is None or len(self._waiting) >= self._max_batch_items:
-            return
+            return False
         loop = asyncio.get_running_loop()
         left_s = oldest.since + self._linger_s - loop.time()
-        if left_s > 0:
-            await asyncio.sleep(left_s)
+        if left_s <= 0:
+            return False
+        await asyncio.sleep(left_s)
+        return True
 
     def _call_ended(self, call: asyncio.Task[None]) -> None:
         batch = self._calls.pop(call)

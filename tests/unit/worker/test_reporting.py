@@ -219,6 +219,35 @@ async def test_a_lone_report_goes_at_once_though_the_worker_may_linger() -> None
         running.cancel()
 
 
+async def test_after_a_linger_nobody_joined_the_next_is_skipped() -> None:
+    calls = HeldCalls()
+    linger_s = 1.0
+    reporter = lingering_reporter(calls, linger_s=linger_s, may_linger=lambda: True)
+
+    async def report(job: str, call: int) -> None:
+        answer = reporter.submit(attempt(job))
+        await calls.wait_for_calls(call + 1)
+        calls.release(call)
+        assert await answer == Answer(True)
+
+    async with asyncio.timeout(10):
+        running = asyncio.create_task(reporter.run())
+        # Reports one after another, as from a client that waits for each job to end:
+        # the third comes soon after two others, lingers, and nobody joins it.
+        for call, job in enumerate("abc"):
+            await report(job, call)
+        # d and e come a linger after b and c, so they do not linger at all.
+        await report("d", 3)
+        await report("e", 4)
+        # f comes soon after d and e, and would linger, but skips it: it goes at once,
+        # well within the linger.
+        async with asyncio.timeout(linger_s / 2):
+            await report("f", 5)
+
+        assert calls.batches == [["a"], ["b"], ["c"], ["d"], ["e"], ["f"]]
+        running.cancel()
+
+
 async def test_reports_go_at_once_when_the_worker_may_not_linger() -> None:
     calls = HeldCalls()
     # A linger longer than the test's bound: a report held for it would time the test out.
