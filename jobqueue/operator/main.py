@@ -16,9 +16,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import psycopg
 import redis.asyncio
 from kubernetes import client as kube_client
@@ -92,10 +94,38 @@ async def serve(settings: Settings, *, with_kopf: bool) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.set_exception_handler(quiet_abandoned_requests(stop.is_set))
     async with running_operator(settings, with_kopf=with_kopf):
         memory.freeze_startup()
         await stop.wait()
         logger.info("Stopping: finishing calls in flight, then closing connections.")
+
+
+ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]
+
+
+def quiet_abandoned_requests(stopping: Callable[[], bool]) -> ExceptionHandler:
+    """The loop's exception handler: asyncio's own, but for Kubernetes requests that fail
+    only because the operator is stopping.
+
+    kopf reads the cluster's API groups in tasks it does not cancel with the one awaiting
+    them; stopped while it reads (a SIGTERM soon after the start), those tasks fail as
+    kopf closes its HTTP session, and asyncio would log each failure nobody awaited as an
+    error with its traceback. Once stopping, such a failure is logged at DEBUG instead.
+    """
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if (
+            stopping()
+            and isinstance(error, aiohttp.ClientError)
+            and isinstance(context.get("future"), asyncio.Future)
+        ):
+            logger.debug("A Kubernetes request left running at the stop failed: %r", error)
+            return
+        loop.default_exception_handler(context)
+
+    return handle
 
 
 async def dry_run(settings: Settings, *, with_cluster: bool) -> int:
