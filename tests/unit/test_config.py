@@ -64,6 +64,8 @@ def test_config_file_can_be_named_by_the_environment(tmp_path: Path) -> None:
         ("kafka:\n  security_protocol: SASL_SSL\n", {}, "kafka.sasl_mechanism: must be set"),
         ("worker: [1, 2]\n", {}, "worker: must be a mapping"),
         ("operator:\n  lease_s: yes\n", {}, "operator.lease_s: must be a number"),
+        ("worker:\n  report_linger_s: 5\n", {}, "worker.report_linger_s: must be at most 1.0"),
+        ("", {"JQ_KAFKA_TOPIC_PARTITIONS": "0"}, "kafka.topic_partitions: must be at least 1"),
         ("- just\n- a list\n", {}, "must hold a mapping of sections"),
         ("database: {url: [unclosed\n", {}, "is not valid YAML"),
     ],

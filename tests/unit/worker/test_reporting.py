@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 
+import pytest
+
 from jobqueue.api.v1 import workers_pb2
 from jobqueue.worker.connection import Link, Session
 from jobqueue.worker.reporting import Answer, Reporter
@@ -177,6 +179,16 @@ def lingering_reporter(
     )
 
 
+async def report_answered(
+    reporter: Reporter[workers_pb2.JobAttempt], calls: HeldCalls, job: str, call: int
+) -> None:
+    """Report ``job``, wait for it to go as call number ``call``, and answer it."""
+    answer = reporter.submit(attempt(job))
+    await calls.wait_for_calls(call + 1)
+    calls.release(call)
+    assert await answer == Answer(True)
+
+
 async def test_reports_coming_often_linger_and_share_a_call() -> None:
     calls = HeldCalls()
     # Long enough that the test's own steps all fall inside it, however slow the machine.
@@ -184,12 +196,8 @@ async def test_reports_coming_often_linger_and_share_a_call() -> None:
     async with asyncio.timeout(5):
         running = asyncio.create_task(reporter.run())
         # The first reports have too few before them to expect company: each goes at once.
-        early = []
-        for call, job in enumerate(["a", "b"]):
-            early.append(reporter.submit(attempt(job)))
-            await calls.wait_for_calls(call + 1)
-            calls.release(call)
-        assert await asyncio.gather(*early) == [Answer(True)] * 2
+        for call, job in enumerate("ab"):
+            await report_answered(reporter, calls, job, call)
 
         # A third so soon after them lingers, and the next one shares its call.
         third = reporter.submit(attempt("c"))
@@ -205,17 +213,18 @@ async def test_reports_coming_often_linger_and_share_a_call() -> None:
         running.cancel()
 
 
-async def test_a_lone_report_goes_at_once_though_the_worker_may_linger() -> None:
+@pytest.mark.parametrize("may_linger", [True, False], ids=["lone", "may-not-linger"])
+async def test_a_report_goes_at_once_when_alone_or_when_the_worker_may_not_linger(
+    may_linger: bool,
+) -> None:
     calls = HeldCalls()
     # A linger longer than the test's bound: a report held for it would time the test out.
-    reporter = lingering_reporter(calls, linger_s=60, may_linger=lambda: True)
+    reporter = lingering_reporter(calls, linger_s=60, may_linger=lambda: may_linger)
     async with asyncio.timeout(5):
         running = asyncio.create_task(reporter.run())
-        first = reporter.submit(attempt("a"))
-        await calls.wait_for_calls(1)
-        calls.release(0)
+        await report_answered(reporter, calls, "a", 0)
 
-        assert await first == Answer(True)
+        assert calls.batches == [["a"]]
         running.cancel()
 
 
@@ -224,40 +233,19 @@ async def test_after_a_linger_nobody_joined_the_next_is_skipped() -> None:
     linger_s = 1.0
     reporter = lingering_reporter(calls, linger_s=linger_s, may_linger=lambda: True)
 
-    async def report(job: str, call: int) -> None:
-        answer = reporter.submit(attempt(job))
-        await calls.wait_for_calls(call + 1)
-        calls.release(call)
-        assert await answer == Answer(True)
-
     async with asyncio.timeout(10):
         running = asyncio.create_task(reporter.run())
         # Reports one after another, as from a client that waits for each job to end:
         # the third comes soon after two others, lingers, and nobody joins it.
         for call, job in enumerate("abc"):
-            await report(job, call)
+            await report_answered(reporter, calls, job, call)
         # d and e come a linger after b and c, so they do not linger at all.
-        await report("d", 3)
-        await report("e", 4)
+        await report_answered(reporter, calls, "d", 3)
+        await report_answered(reporter, calls, "e", 4)
         # f comes soon after d and e, and would linger, but skips it: it goes at once,
         # well within the linger.
         async with asyncio.timeout(linger_s / 2):
-            await report("f", 5)
+            await report_answered(reporter, calls, "f", 5)
 
         assert calls.batches == [["a"], ["b"], ["c"], ["d"], ["e"], ["f"]]
-        running.cancel()
-
-
-async def test_reports_go_at_once_when_the_worker_may_not_linger() -> None:
-    calls = HeldCalls()
-    # A linger longer than the test's bound: a report held for it would time the test out.
-    reporter = lingering_reporter(calls, linger_s=60, may_linger=lambda: False)
-    async with asyncio.timeout(5):
-        running = asyncio.create_task(reporter.run())
-        first = reporter.submit(attempt("a"))
-        await calls.wait_for_calls(1)
-        calls.release(0)
-
-        assert await first == Answer(True)
-        assert calls.batches == [["a"]]
         running.cancel()
